@@ -1,0 +1,1 @@
+"""lifekit's generic application kit (placeholder until the kit lands)."""

@@ -1,0 +1,278 @@
+"""The engine's vocabulary: events it takes in, commands and notifications it gives out.
+
+Events (past tense) are facts the runtime reports; commands (imperative) are what the runtime
+must do; notifications (past tense) are what integrators see on the node's event stream. All are
+frozen, and every one the engine emits carries ``at``, the time the engine was given.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from lifekit._model import Action, Result, State
+
+__all__ = [
+    "ActionFinished",
+    "ActionTimedOut",
+    "CancelAction",
+    "Command",
+    "Event",
+    "FencingRequired",
+    "HierarchyFailed",
+    "HierarchyInService",
+    "HierarchyOutOfService",
+    "InServiceRequested",
+    "NodeStarted",
+    "Notification",
+    "OutOfServiceRequested",
+    "Output",
+    "ProbingCompleted",
+    "QuickcheckFailed",
+    "RecoveryLimitReached",
+    "RecoveryStarted",
+    "ResourceFailed",
+    "ResourceRecovered",
+    "RunAction",
+    "ShutdownCompleted",
+    "ShutdownRequested",
+    "StateChanged",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Events in
+
+
+@attrs.frozen
+class NodeStarted:
+    """The runtime is ready: probe every resource to learn its real state."""
+
+
+@attrs.frozen
+class InServiceRequested:
+    """Bring the hierarchy named by ``root`` in service on this node.
+
+    Also clears a previous failure of the hierarchy (an explicit request is a retry).
+    """
+
+    root: str
+
+
+@attrs.frozen
+class OutOfServiceRequested:
+    """Take the hierarchy named by ``root`` out of service on this node.
+
+    :param fenced: this node lost the right to touch shared storage: use the kits' fenced
+        remove (no I/O to the storage).
+    """
+
+    root: str
+    fenced: bool = False
+
+
+@attrs.frozen
+class ActionFinished:
+    """The runtime finished running a :class:`RunAction` (or its cancellation took effect)."""
+
+    command_id: int
+    result: Result
+
+
+@attrs.frozen
+class ShutdownRequested:
+    """Stop monitoring; with ``take_out``, take every hierarchy out of service first."""
+
+    take_out: bool = True
+
+
+Event = (
+    NodeStarted | InServiceRequested | OutOfServiceRequested | ActionFinished | ShutdownRequested
+)
+
+# ---------------------------------------------------------------------------------------------
+# Commands out
+
+
+@attrs.frozen
+class RunAction:
+    """Run one kit action on one resource and report :class:`ActionFinished`.
+
+    :param command_id: unique per engine; the result must quote it.
+    :param timeout: the engine cancels the action (:class:`CancelAction`) at this many seconds.
+    :param fenced: for a remove, use the kit's fenced variant.
+    :param probe: a quickcheck that learns the state of a resource not yet known.
+    """
+
+    command_id: int
+    tag: str
+    kind: str
+    action: Action
+    timeout: float
+    fenced: bool = False
+    probe: bool = False
+
+
+@attrs.frozen
+class CancelAction:
+    """Cancel a running action now; then still report its :class:`ActionFinished`."""
+
+    command_id: int
+    reason: str
+
+
+Command = RunAction | CancelAction
+
+# ---------------------------------------------------------------------------------------------
+# Notifications out
+
+
+@attrs.frozen
+class StateChanged:
+    """A resource's state or reason changed."""
+
+    at: float
+    tag: str
+    old: State
+    new: State
+    reason: str
+
+
+@attrs.frozen
+class QuickcheckFailed:
+    """A quickcheck of a resource in service failed."""
+
+    at: float
+    tag: str
+    result: Result
+
+
+@attrs.frozen
+class RecoveryStarted:
+    """Local recovery of a resource began (``attempt`` counts within the recovery window)."""
+
+    at: float
+    tag: str
+    attempt: int
+    reason: str
+
+
+@attrs.frozen
+class ResourceRecovered:
+    """Local recovery brought a resource back in service."""
+
+    at: float
+    tag: str
+
+
+@attrs.frozen
+class RecoveryLimitReached:
+    """A failure came after ``max_recoveries`` recoveries within ``window`` s: no recover."""
+
+    at: float
+    tag: str
+    max_recoveries: int
+    window: float
+
+
+@attrs.frozen
+class ActionTimedOut:
+    """An action ran past its timeout; it is being cancelled and counts as a failure."""
+
+    at: float
+    tag: str
+    action: Action
+    timeout: float
+
+
+@attrs.frozen
+class ResourceFailed:
+    """A resource failed beyond what local recovery could fix.
+
+    :param fatal: a configuration error: it will not be retried anywhere; alert the operator.
+    """
+
+    at: float
+    tag: str
+    reason: str
+    fatal: bool = False
+
+
+@attrs.frozen
+class HierarchyFailed:
+    """A hierarchy could not be kept (or brought) in service on this node.
+
+    This is the escalation the cluster layer consumes. Alone on one node, the hierarchy ends
+    out of service (its failed resource OSF) with ``reason``.
+
+    :param cause: the tag of the resource whose failure escalated.
+    :param failover_needed: another node should take the hierarchy over (``False`` for a
+        fatal configuration error).
+    """
+
+    at: float
+    root: str
+    cause: str
+    reason: str
+    failover_needed: bool
+
+
+@attrs.frozen
+class FencingRequired:
+    """A remove failed: the resource may still be in service here.
+
+    No other node may take the hierarchies in ``roots`` over until this node is fenced or an
+    operator confirms it is down.
+    """
+
+    at: float
+    tag: str
+    roots: tuple[str, ...]
+    reason: str
+
+
+@attrs.frozen
+class HierarchyInService:
+    """The hierarchy's root came in service on this node."""
+
+    at: float
+    root: str
+
+
+@attrs.frozen
+class HierarchyOutOfService:
+    """Every resource of the hierarchy is out of service on this node."""
+
+    at: float
+    root: str
+
+
+@attrs.frozen
+class ProbingCompleted:
+    """Every resource was probed once: its state is known."""
+
+    at: float
+
+
+@attrs.frozen
+class ShutdownCompleted:
+    """After a :class:`ShutdownRequested`: nothing is running and nothing more will be done."""
+
+    at: float
+
+
+Notification = (
+    StateChanged
+    | QuickcheckFailed
+    | RecoveryStarted
+    | ResourceRecovered
+    | RecoveryLimitReached
+    | ActionTimedOut
+    | ResourceFailed
+    | HierarchyFailed
+    | FencingRequired
+    | HierarchyInService
+    | HierarchyOutOfService
+    | ProbingCompleted
+    | ShutdownCompleted
+)
+
+Output = Command | Notification

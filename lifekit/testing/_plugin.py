@@ -1,0 +1,1 @@
+"""lifekit's pytest plugin (registered through the ``pytest11`` entry point)."""
