@@ -1,0 +1,125 @@
+"""The long-running CLI commands: ``lifekit up``, ``lifekit status`` and ``lifekit demo``.
+
+``lifekit._cli`` parses arguments and dispatches here; each ``cmd_*`` returns an exit code from
+the documented contract (``docs/cli.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from lifekit._runtime import Node
+from lifekit._runtime._control import control_request, serve_control
+from lifekit._runtime._logging import configure_logging
+from lifekit._runtime._tree import render_event, render_tree
+from lifekit.errors import ConfigError, ControlError
+
+__all__ = ["cmd_demo", "cmd_status", "cmd_up", "default_socket"]
+
+# Exit codes: the contract in docs/cli.md (mirrored from lifekit._cli.ExitCode).
+OK, INTERNAL, USAGE, UNREACHABLE, FAILED = 0, 1, 2, 3, 4
+
+
+def default_socket() -> Path:
+    """Where the control socket lives unless told otherwise."""
+    if os.geteuid() == 0:
+        return Path("/run/lifekit/lifekit.sock")
+    return Path(tempfile.gettempdir()) / f"lifekit-{os.getuid()}" / "lifekit.sock"
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the configuration on this node in the foreground until SIGINT/SIGTERM."""
+    from lifekit._config import load_config  # noqa: PLC0415 - only `up` needs the loader
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return USAGE
+    node_settings = config.node
+    name = getattr(args, "node", None) or node_settings.name
+    configure_logging(
+        level=getattr(args, "log_level", None) or node_settings.log_level,
+        file=getattr(args, "log_file", None) or node_settings.log_file,
+        format=getattr(args, "log_format", None) or "text",
+    )
+    socket_path = Path(getattr(args, "socket", None) or _config_socket(node_settings))
+    on_exit = "leave_running" if getattr(args, "leave_running", False) else node_settings.on_exit
+    tree = not getattr(args, "no_tree", False) and sys.stdout.isatty()
+
+    async def main() -> int:
+        async with (
+            Node(
+                config.model, name=name, state_dir=node_settings.state_dir, on_exit=on_exit
+            ) as node,
+            anyio.create_task_group() as group,
+        ):
+            await group.start(serve_control, node, socket_path)
+            for root in config.model.hierarchies:
+                if name in config.model.eligible_nodes(root):
+                    node.request_in_service(root)
+            group.start_soon(_show_tree if tree else _show_events, node)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    print("stopping: taking hierarchies out of service…", file=sys.stderr)
+                    break
+            group.cancel_scope.cancel()
+        return OK
+
+    try:
+        return anyio.run(main)
+    except ControlError as exc:
+        print(f"lifekit up: {exc}", file=sys.stderr)
+        return USAGE
+
+
+def _config_socket(node_settings: Any) -> Path:
+    run_dir = getattr(node_settings, "run_dir", None)
+    return Path(run_dir) / "lifekit.sock" if run_dir else default_socket()
+
+
+async def _show_tree(node: Node) -> None:
+    while True:
+        text = render_tree(node.status(), colour=True)
+        sys.stdout.write("\x1b[H\x1b[J" + text + "\n\n(Ctrl-C takes everything out of service)\n")
+        sys.stdout.flush()
+        with anyio.move_on_after(0.5):
+            await node.wait_until(lambda _: False)
+
+
+async def _show_events(node: Node) -> None:
+    start = anyio.current_time()
+    async for event in node.events():
+        print(render_event(event, since=start), flush=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the status of the node behind the control socket."""
+    path = Path(getattr(args, "socket", None) or default_socket())
+    try:
+        document = anyio.run(control_request, path, {"op": "status", "version": 1})
+    except ControlError as exc:
+        print(f"lifekit status: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    if getattr(args, "json", False):
+        print(json.dumps(document, indent=2))
+    else:
+        print(render_tree(document, colour=sys.stdout.isatty()))
+    failed = any(h["failed"] for h in document["hierarchies"])
+    return FAILED if failed else OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo: an app hierarchy, a killed process, local recovery, then escalation."""
+    from lifekit._demo import run_demo  # noqa: PLC0415 - the demo is not needed elsewhere
+
+    return anyio.run(run_demo, bool(getattr(args, "fast", False)))

@@ -1,0 +1,669 @@
+"""The node runtime: drives one engine with anyio, on asyncio and trio.
+
+One task, the *driver*, owns the engine: it takes events from an inbox (action results,
+requests), calls the engine with the time from ``anyio.current_time()``, sleeps until
+``engine.next_deadline()``, and dispatches what comes out. ``RunAction`` becomes an action task
+under its own cancel scope; ``CancelAction`` cancels that scope (the runner then kills the
+action's whole process group); notifications go, in order, to every subscriber of
+:meth:`Node.events` and to the log. The engine decides every timeout; the runtime only carries
+them out.
+
+Quickchecks of one kind that fall due together are run as one ``quickcheck_many`` call when the
+kit overrides it (e.g. one address listing for every IP resource).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from lifekit._engine import (
+    ActionFinished,
+    CancelAction,
+    Engine,
+    EngineSnapshot,
+    Event,
+    HierarchyFailed,
+    InServiceRequested,
+    NodeStarted,
+    Notification,
+    OutOfServiceRequested,
+    RunAction,
+    ShutdownCompleted,
+    ShutdownRequested,
+    StateChanged,
+)
+from lifekit._model import Action, Model, Outcome, Result, State
+from lifekit._registry import KitRegistry, load_kits
+from lifekit._runner import LocalHost
+from lifekit._runtime._power import PowerControl, RefusingPowerControl
+from lifekit._runtime._status import status_document
+from lifekit.errors import (
+    ConfigError,
+    EngineFailed,
+    EngineUsageError,
+    KitNotFound,
+    LifekitError,
+)
+from lifekit.kit import ActionContext, Host, Kit, NodeContext
+
+__all__ = ["EventStream", "EventsOverflowed", "Node", "NodeStatistics"]
+
+_log = logging.getLogger("lifekit.node")
+
+OnExit = Literal["take_out", "leave_running"]
+
+
+class EventsOverflowed(LifekitError):
+    """A subscriber of :meth:`Node.events` fell so far behind that events were dropped.
+
+    Raised from its iterator; the events it already got are in order and complete.
+    """
+
+
+@attrs.frozen
+class NodeStatistics:
+    """Counters of one node, for monitoring and benchmarks."""
+
+    actions_started: int
+    actions_finished: int
+    actions_in_flight: int
+    batched_quickchecks: int
+    events_published: int
+    subscribers: int
+
+
+@attrs.define
+class _Subscriber:
+    send: MemoryObjectSendStream[Notification]
+    overflowed: bool = False
+
+
+class Node:
+    """One lifekit node: the engine, its kits, and the tasks that run their actions.
+
+    Use it as an async context manager::
+
+        async with lifekit.Node(model, name="n1") as node:
+            await node.bring_in_service("web")
+            async for event in node.events():
+                ...
+
+    On exit it takes every hierarchy out of service (``on_exit="take_out"``, the default) or
+    leaves them running (``"leave_running"``), then closes the kits.
+
+    :param model: the resources and hierarchies.
+    :param name: the node's name (default: this machine's hostname).
+    :param kits: the kits to use (default: those installed, plus ``plugins``).
+    :param plugins: extra pluggy plugins providing kits (e.g. a kit defined in a test).
+    :param host: where kit commands run (default: this machine).
+    :param state_dir: where kits keep state (created; default: a ``lifekit-<name>`` directory
+        under ``/var/lib`` when root, else under the temporary directory).
+    :param on_exit: what leaving the context does to hierarchies in service.
+    :param power: the one seam for drastic node actions (halt, reboot). The default refuses
+        them: test nodes share one kernel.
+    :param max_concurrent_actions: kit actions running at once, at most.
+    :param events_buffer: events a subscriber may lag behind before it is dropped.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        name: str | None = None,
+        kits: KitRegistry | None = None,
+        plugins: Iterable[object] = (),
+        host: Host | None = None,
+        state_dir: str | Path | None = None,
+        on_exit: OnExit = "take_out",
+        power: PowerControl | None = None,
+        max_concurrent_actions: int = 64,
+        events_buffer: int = 10_000,
+    ) -> None:
+        if on_exit not in ("take_out", "leave_running"):
+            raise ConfigError(f"on_exit must be 'take_out' or 'leave_running', got {on_exit!r}")
+        if max_concurrent_actions < 1:
+            raise ConfigError(
+                f"max_concurrent_actions must be >= 1, got {max_concurrent_actions!r}"
+            )
+        self.name = name or os.uname().nodename
+        self._model = model
+        self._kits_given = kits
+        self._plugins = tuple(plugins)
+        self._host: Host = host or LocalHost(self.name)
+        self._state_dir = (
+            Path(state_dir) if state_dir is not None else _default_state_dir(self.name)
+        )
+        self._on_exit: OnExit = on_exit
+        self._power = power or RefusingPowerControl()
+        self._limiter = anyio.CapacityLimiter(max_concurrent_actions)
+        self._events_buffer = events_buffer
+        self._engine = Engine(model)
+        self._kits: KitRegistry | None = None
+        self._opened: list[Kit] = []
+        self._scopes: dict[int, anyio.CancelScope] = {}
+        self._subscribers: list[_Subscriber] = []
+        self._changed = anyio.Event()
+        self._snapshot: EngineSnapshot | None = None
+        # Created on entry: a stream made here would warn if the node were never entered.
+        self._inbox_send: MemoryObjectSendStream[Event]
+        self._inbox: MemoryObjectReceiveStream[Event]
+        self._group: anyio.abc.TaskGroup | None = None
+        self._node_context: NodeContext | None = None
+        self._started_at = 0.0
+        self._wall_started_at = 0.0
+        self._engine_error: BaseException | None = None
+        self._shutdown_done = anyio.Event()
+        self._counters = {"started": 0, "finished": 0, "batched": 0, "published": 0}
+        # Every event queued for the driver counts; a waiter knows its request was applied
+        # once _applied reaches the count at the time it queued it.
+        self._sent = 0
+        self._applied = 0
+
+    # -----------------------------------------------------------------------------------------
+    # Lifecycle
+
+    async def __aenter__(self) -> Node:
+        kits = self._kits_given or load_kits(node_name=self.name, plugins=self._plugins)
+        missing = sorted({r.kind for r in self._model.resources.values()} - set(kits.kits))
+        if missing:
+            raise KitNotFound(missing[0], list(kits.kits))
+        self._kits = kits
+        await anyio.to_thread.run_sync(
+            lambda: self._state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        )
+        self._node_context = NodeContext(
+            name=self.name,
+            host=self._host,
+            state_dir=self._state_dir,
+            log=logging.LoggerAdapter(logging.getLogger("lifekit.kit"), {"node": self.name}),
+        )
+        used = {resource.kind for resource in self._model.resources.values()}
+        try:
+            for kind in sorted(used):
+                kit = kits.get(kind)
+                await kit.open(self._node_context)
+                self._opened.append(kit)
+        except BaseException:
+            await self._close_kits()
+            raise
+        self._started_at = anyio.current_time()
+        import time  # noqa: PLC0415 - wall clock only for status timestamps, read here once
+
+        self._wall_started_at = time.time()
+        self._inbox_send, self._inbox = anyio.create_memory_object_stream[Event](math.inf)
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._group.start_soon(self._drive, name=f"lifekit node {self.name} driver")
+        self._sent += 1
+        self._inbox_send.send_nowait(NodeStarted())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        group = self._group
+        if group is None:
+            raise RuntimeError("Node.__aexit__ without __aenter__")
+        try:
+            if self._engine_error is None:
+                take_out = self._on_exit == "take_out"
+                self._sent += 1
+                self._inbox_send.send_nowait(ShutdownRequested(take_out=take_out))
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown_done.wait()
+            group.cancel_scope.cancel()
+        finally:
+            try:
+                await group.__aexit__(exc_type, exc, tb)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._close_kits()
+                for subscriber in self._subscribers:
+                    subscriber.send.close()
+                self._inbox_send.close()
+                self._inbox.close()
+        return None
+
+    async def _close_kits(self) -> None:
+        for kit in reversed(self._opened):
+            try:
+                await kit.close()
+            except Exception:  # noqa: BLE001
+                # A kit failing to close must not stop the others from closing.
+                _log.exception("kit %r failed to close", kit.kind)
+        self._opened.clear()
+
+    # -----------------------------------------------------------------------------------------
+    # Requests and queries
+
+    @property
+    def model(self) -> Model:
+        """The model this node runs."""
+        return self._model
+
+    def request_in_service(self, root: str) -> None:
+        """Ask for the hierarchy ``root`` to be brought in service; returns at once."""
+        self._send(InServiceRequested(root), root)
+
+    def request_out_of_service(self, root: str, *, fenced: bool = False) -> None:
+        """Ask for the hierarchy ``root`` to be taken out of service; returns at once."""
+        self._send(OutOfServiceRequested(root, fenced=fenced), root)
+
+    def _send(self, event: Event, root: str) -> int:
+        """Queue a request for the driver; return the ticket it will have when applied."""
+        self._check_root(root)
+        if self._engine_error is not None:
+            raise EngineFailed("this node's engine failed; it accepts no requests") from (
+                self._engine_error
+            )
+        self._sent += 1
+        self._inbox_send.send_nowait(event)
+        return self._sent
+
+    async def bring_in_service(self, root: str, *, timeout: float | None = None) -> bool:
+        """Bring ``root`` in service and wait.
+
+        :returns: ``True`` once every resource of it is in service, ``False`` if it failed.
+        :raises TimeoutError: neither happened within ``timeout`` seconds.
+        """
+        ticket = self._send(InServiceRequested(root), root)
+        members = self._model.hierarchies[root].members
+
+        def settled(snapshot: EngineSnapshot) -> bool:
+            if self._applied < ticket:
+                return False
+            if snapshot.hierarchies[root].failed is not None:
+                return True
+            return all(
+                snapshot.resources[tag].state.in_service and snapshot.resources[tag].action is None
+                for tag in members
+            )
+
+        snapshot = await self.wait_until(settled, timeout=timeout)
+        return snapshot.hierarchies[root].failed is None
+
+    async def take_out_of_service(
+        self, root: str, *, fenced: bool = False, timeout: float | None = None
+    ) -> bool:
+        """Take ``root`` out of service and wait.
+
+        :returns: ``True`` once nothing of it is in service here, ``False`` if a remove failed
+            (the resource may still be in service: fencing is required).
+        :raises TimeoutError: neither happened within ``timeout`` seconds.
+        """
+        ticket = self._send(OutOfServiceRequested(root, fenced=fenced), root)
+        members = self._model.hierarchies[root].members
+
+        def settled(snapshot: EngineSnapshot) -> bool:
+            if self._applied < ticket:
+                return False
+            statuses = [snapshot.resources[tag] for tag in members]
+            if any(status.fencing_required for status in statuses):
+                return True
+            return all(not status.state.in_service and status.action is None for status in statuses)
+
+        snapshot = await self.wait_until(settled, timeout=timeout)
+        return not any(snapshot.resources[tag].fencing_required for tag in members)
+
+    def snapshot(self) -> EngineSnapshot:
+        """The engine's state now (frozen)."""
+        return self._engine.snapshot()
+
+    def status(self) -> dict[str, Any]:
+        """The versioned status document (see ``docs/status.md``)."""
+        import time  # noqa: PLC0415 - wall clock only for the document's timestamps
+
+        now = anyio.current_time()
+        return status_document(
+            node=self.name,
+            model=self._model,
+            snapshot=self._engine.snapshot(),
+            wall_now=time.time(),
+            monotonic_now=now,
+            uptime=now - self._started_at,
+            engine_error=repr(self._engine_error) if self._engine_error else None,
+        )
+
+    def statistics(self) -> NodeStatistics:
+        """Counters since the node started."""
+        return NodeStatistics(
+            actions_started=self._counters["started"],
+            actions_finished=self._counters["finished"],
+            actions_in_flight=len(self._scopes),
+            batched_quickchecks=self._counters["batched"],
+            events_published=self._counters["published"],
+            subscribers=len(self._subscribers),
+        )
+
+    async def wait_until(
+        self, predicate: Callable[[EngineSnapshot], bool], *, timeout: float | None = None
+    ) -> EngineSnapshot:
+        """Wait until ``predicate(snapshot)`` holds and return that snapshot.
+
+        :raises TimeoutError: it did not hold within ``timeout`` seconds.
+        """
+        with anyio.fail_after(timeout if timeout is not None else math.inf):
+            while True:
+                snapshot = self._engine.snapshot()
+                if predicate(snapshot):
+                    return snapshot
+                changed = self._changed
+                await changed.wait()
+
+    def events(self) -> EventStream:
+        """Every notification from now on, in the order the engine made them.
+
+        Use ``async for event in node.events():``; break out whenever you like (the stream
+        unsubscribes when it is closed, exhausted or garbage collected), or hold it in a
+        ``with`` block to unsubscribe at a known point.
+
+        :raises EventsOverflowed: (from the iterator) the subscriber lagged more than
+            ``events_buffer`` events behind.
+        """
+        send, receive = anyio.create_memory_object_stream[Notification](self._events_buffer)
+        subscriber = _Subscriber(send)
+        self._subscribers.append(subscriber)
+        return EventStream(self, subscriber, receive)
+
+    def _check_root(self, root: str) -> None:
+        if root not in self._model.hierarchies:
+            known = ", ".join(sorted(self._model.hierarchies)) or "none"
+            raise ConfigError(
+                f"no hierarchy is named {root!r}; hierarchies are named by their root's tag "
+                f"(known: {known})"
+            )
+        if self._group is None:
+            raise RuntimeError("the node is not running: use `async with Node(...)` first")
+
+    # -----------------------------------------------------------------------------------------
+    # The driver
+
+    async def _drive(self) -> None:
+        engine = self._engine
+        inbox = self._inbox
+        try:
+            while True:
+                deadline = engine.next_deadline()
+                event: Event | None = None
+                with anyio.CancelScope(deadline=deadline if deadline is not None else math.inf):
+                    event = await inbox.receive()
+                now = anyio.current_time()
+                if event is not None:
+                    batch = [event]
+                    # Drain what is already queued so one engine pass handles a burst.
+                    while True:
+                        try:
+                            batch.append(inbox.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    outputs = []
+                    for item in batch:
+                        try:
+                            outputs += engine.handle(item, now)
+                        except EngineUsageError as exc:
+                            # A request the engine refuses (e.g. during shutdown) changes
+                            # nothing; say so and go on.
+                            _log.error("request refused: %s", exc)
+                    outputs += engine.handle_timer(now)
+                    # Only requests hold tickets; action results are queued by the runtime.
+                    self._applied += sum(
+                        1 for item in batch if not isinstance(item, ActionFinished)
+                    )
+                else:
+                    outputs = engine.handle_timer(now)
+                self._dispatch(outputs)
+                if engine.shutdown_completed:
+                    self._shutdown_done.set()
+        except EngineFailed as exc:
+            await self._engine_failed(exc)
+
+    async def _engine_failed(self, exc: EngineFailed) -> None:
+        self._engine_error = exc.__cause__ or exc
+        _log.critical(
+            "the engine failed and this node stops acting on its resources: %s",
+            self._engine_error,
+            exc_info=self._engine_error,
+        )
+        for scope in self._scopes.values():
+            scope.cancel()
+        self._shutdown_done.set()
+        self._notify_changed()
+        await self._power.engine_failed(str(self._engine_error))
+
+    def _dispatch(self, outputs: Sequence[object]) -> None:
+        batches: dict[tuple[str, float, bool], list[RunAction]] = {}
+        for output in outputs:
+            if isinstance(output, RunAction):
+                if output.action is Action.QUICKCHECK and self._batchable(output.kind):
+                    batches.setdefault((output.kind, output.timeout, output.probe), []).append(
+                        output
+                    )
+                else:
+                    self._start([output])
+            elif isinstance(output, CancelAction):
+                scope = self._scopes.get(output.command_id)
+                if scope is not None:
+                    scope.cancel()
+            else:
+                self._publish(output)  # type: ignore[arg-type]
+        for commands in batches.values():
+            if len(commands) > 1:
+                self._counters["batched"] += 1
+            self._start(commands)
+        self._notify_changed()
+
+    def _running_kits(self) -> KitRegistry:
+        if self._kits is None:
+            raise RuntimeError("the node is not running: use `async with Node(...)` first")
+        return self._kits
+
+    def _batchable(self, kind: str) -> bool:
+        return type(self._running_kits().get(kind)).quickcheck_many is not Kit.quickcheck_many
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _publish(self, event: Notification) -> None:
+        self._counters["published"] += 1
+        _log_notification(event)
+        for subscriber in self._subscribers:
+            if subscriber.overflowed:
+                continue
+            try:
+                subscriber.send.send_nowait(event)
+            except anyio.WouldBlock:
+                subscriber.overflowed = True
+                subscriber.send.close()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                subscriber.overflowed = True
+        if isinstance(event, ShutdownCompleted):
+            self._shutdown_done.set()
+
+    def _start(self, commands: list[RunAction]) -> None:
+        if self._group is None:
+            raise RuntimeError("the node is not running: use `async with Node(...)` first")
+        scope = anyio.CancelScope()
+        for command in commands:
+            self._scopes[command.command_id] = scope
+        self._counters["started"] += len(commands)
+        self._group.start_soon(self._run_action, commands, scope)
+
+    async def _run_action(self, commands: list[RunAction], scope: anyio.CancelScope) -> None:
+        results: Mapping[str, Result] = {}
+        first = commands[0]
+        try:
+            with scope:
+                async with self._limiter:
+                    results = await self._call_kit(commands)
+        finally:
+            for command in commands:
+                self._scopes.pop(command.command_id, None)
+                result = results.get(command.tag)
+                if result is None:
+                    result = Result.soft_failure(
+                        f"{first.action.value} was cancelled"
+                        if scope.cancel_called
+                        else f"kit {first.kind!r} gave no result for {command.tag!r}"
+                    )
+                self._counters["finished"] += 1
+                # If the node is gone, nobody waits for this result any more.
+                with suppress(anyio.ClosedResourceError):
+                    self._inbox_send.send_nowait(ActionFinished(command.command_id, result))
+
+    async def _call_kit(self, commands: list[RunAction]) -> Mapping[str, Result]:
+        node_context = self._node_context
+        if node_context is None:
+            raise RuntimeError("the node is not running: use `async with Node(...)` first")
+        first = commands[0]
+        kit = self._running_kits().get(first.kind)
+        resources = self._model.resources
+        log = logging.LoggerAdapter(
+            _kit_log, {"tag": first.tag if len(commands) == 1 else first.kind}
+        )
+        ctx = ActionContext(
+            node=node_context,
+            tag=first.tag if len(commands) == 1 else None,
+            timeout=first.timeout,
+            probe=first.probe,
+            log=log,
+        )
+        try:
+            if len(commands) > 1:
+                results = await kit.quickcheck_many([resources[c.tag] for c in commands], ctx)
+                return {tag: _checked(kit, result) for tag, result in results.items()}
+            resource = resources[first.tag]
+            if first.action is Action.RESTORE:
+                result = await kit.restore(resource, ctx)
+            elif first.action is Action.REMOVE:
+                if first.fenced:
+                    result = await kit.remove_fenced(resource, ctx)
+                else:
+                    result = await kit.remove(resource, ctx)
+            elif first.action is Action.RECOVER:
+                result = await kit.recover(resource, ctx)
+            elif self._batchable(first.kind):
+                batch = await kit.quickcheck_many([resource], ctx)
+                result = batch.get(first.tag, Result.soft_failure("no result from the kit"))
+            else:
+                result = await kit.quickcheck(resource, ctx)
+            return {first.tag: _checked(kit, result)}
+        except ConfigError as exc:
+            log.error("%s: configuration error: %s", first.action.value, exc)  # noqa: TRY400
+            return dict.fromkeys((c.tag for c in commands), Result.fatal(str(exc)))
+        except Exception as exc:
+            # The one broad catch: whatever a kit raises becomes a failure of that action, so
+            # a kit bug can fail its resource but never the node. Cancellation is not caught.
+            log.exception("%s raised", first.action.value)
+            return dict.fromkeys(
+                (c.tag for c in commands), Result.soft_failure(f"kit raised {exc!r}")
+            )
+
+
+_kit_log = logging.getLogger("lifekit.kit")
+
+
+def _checked(kit: Kit, result: object) -> Result:
+    if isinstance(result, Result) and isinstance(result.outcome, Outcome):
+        return result
+    _log.error("kit %r returned %r, not a lifekit Result", kit.kind, result)
+    return Result.soft_failure(f"kit {kit.kind!r} returned {result!r}, not a Result")
+
+
+class EventStream:
+    """An ordered stream of a node's notifications (see :meth:`Node.events`).
+
+    A plain async iterator rather than an async generator, so breaking out of the loop needs
+    no ``aclosing``: closing only unsubscribes.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        subscriber: _Subscriber,
+        receive: MemoryObjectReceiveStream[Notification],
+    ) -> None:
+        self._node = node
+        self._subscriber = subscriber
+        self._receive = receive
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Notification:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            overflowed = self._subscriber.overflowed
+            self.close()
+            if overflowed:
+                raise EventsOverflowed(
+                    f"an events() subscriber fell more than {self._node._events_buffer} "
+                    "events behind and was dropped; consume events faster or raise "
+                    "events_buffer"
+                ) from None
+            raise StopAsyncIteration from None
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        subscribers = self._node._subscribers
+        if self._subscriber in subscribers:
+            subscribers.remove(self._subscriber)
+        self._subscriber.send.close()
+        self._receive.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _log_notification(event: Notification) -> None:
+    if isinstance(event, StateChanged):
+        level = logging.WARNING if event.new is State.OSF else logging.INFO
+        _log.log(
+            level,
+            "%s -> %s: %s",
+            event.old.value,
+            event.new.value,
+            event.reason,
+            extra={"tag": event.tag},
+        )
+    elif isinstance(event, HierarchyFailed):
+        _log.error(
+            "hierarchy failed (cause %s): %s%s",
+            event.cause,
+            event.reason,
+            "; failover needed" if event.failover_needed else "",
+            extra={"tag": event.root},
+        )
+    else:
+        tag = getattr(event, "tag", None) or getattr(event, "root", None) or "-"
+        _log.info("%s", type(event).__name__, extra={"tag": tag})
+
+
+def _default_state_dir(name: str) -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/lifekit") / name
+    import tempfile  # noqa: PLC0415 - only needed for unprivileged use
+
+    return Path(tempfile.gettempdir()) / f"lifekit-{os.getuid()}" / name
