@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -70,7 +69,9 @@ _WORKER = textwrap.dedent(
                 leaf_tags = [f"h{h}m{m}l{l}" for l in range(leaves)]
                 resources += [Resource(t, "noop", policy=policy) for t in leaf_tags]
                 mid_tags.append(f"h{h}m{m}")
-                resources.append(Resource(mid_tags[-1], "noop", depends_on=leaf_tags, policy=policy))
+                resources.append(
+                    Resource(mid_tags[-1], "noop", depends_on=leaf_tags, policy=policy)
+                )
             resources.append(Resource(f"h{h}", "noop", depends_on=mid_tags, policy=policy))
         return build_model(resources, default_nodes=["bench"])
 
@@ -103,7 +104,8 @@ _WORKER = textwrap.dedent(
     async def quickchecks(count, seconds):
         model = shape_model(count, 0, 0, 1.0)
         kit = NoopKit()
-        async with Node(model, name="bench", kits=KitRegistry([kit]), state_dir=sys.argv[3]) as node:
+        node = Node(model, name="bench", kits=KitRegistry([kit]), state_dir=sys.argv[3])
+        async with node:
             for root in model.hierarchies:
                 node.request_in_service(root)
             await node.wait_until(
@@ -273,7 +275,6 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     # Never fail on speed: machines are noisy. Benchmarks report; tests assert behaviour.
-    del resource
     return 0
 
 
