@@ -44,11 +44,49 @@ from lifekit._model import (
 
 __version__ = "0.1.0"
 
+# The runtime pulls in anyio; load it on first use so `import lifekit` stays light for tools
+# that only validate configurations or use the pure engine.
+_LAZY = {
+    "Node": "lifekit._runtime",
+    "EventStream": "lifekit._runtime",
+    "EventsOverflowed": "lifekit._runtime",
+    "NodeStatistics": "lifekit._runtime",
+    "PowerControl": "lifekit._runtime",
+    "RecordingPowerControl": "lifekit._runtime",
+    "RefusingPowerControl": "lifekit._runtime",
+    "SystemPowerControl": "lifekit._runtime",
+    "STATUS_VERSION": "lifekit._runtime",
+    "configure_logging": "lifekit._runtime._logging",
+    "Config": "lifekit._config",
+    "load_config": "lifekit._config",
+    "parse_config": "lifekit._config",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lifekit' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 - lazy by design
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
+    "STATUS_VERSION",
     "Action",
     "ActionTimedOut",
+    "Config",
     "Engine",
     "EngineSnapshot",
+    "EventStream",
+    "EventsOverflowed",
     "FencingRequired",
     "Hierarchy",
     "HierarchyFailed",
@@ -57,14 +95,19 @@ __all__ = [
     "HierarchySpec",
     "HierarchyStatus",
     "Model",
+    "Node",
+    "NodeStatistics",
     "Notification",
     "Outcome",
     "Policy",
+    "PowerControl",
     "ProbingCompleted",
     "QuickcheckFailed",
+    "RecordingPowerControl",
     "RecoveryLimit",
     "RecoveryLimitReached",
     "RecoveryStarted",
+    "RefusingPowerControl",
     "Resource",
     "ResourceFailed",
     "ResourceRecovered",
@@ -74,7 +117,11 @@ __all__ = [
     "State",
     "StateChanged",
     "SwitchbackType",
+    "SystemPowerControl",
     "Timeouts",
     "__version__",
     "build_model",
+    "configure_logging",
+    "load_config",
+    "parse_config",
 ]

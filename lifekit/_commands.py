@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -31,9 +28,9 @@ OK, INTERNAL, USAGE, UNREACHABLE, FAILED = 0, 1, 2, 3, 4
 
 def default_socket() -> Path:
     """Where the control socket lives unless told otherwise."""
-    if os.geteuid() == 0:
-        return Path("/run/lifekit/lifekit.sock")
-    return Path(tempfile.gettempdir()) / f"lifekit-{os.getuid()}" / "lifekit.sock"
+    from lifekit._config import default_control_socket  # noqa: PLC0415 - one definition
+
+    return default_control_socket()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -50,9 +47,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     configure_logging(
         level=getattr(args, "log_level", None) or node_settings.log_level,
         file=getattr(args, "log_file", None) or node_settings.log_file,
-        format=getattr(args, "log_format", None) or "text",
+        format=getattr(args, "log_format", None) or node_settings.log_format,
     )
-    socket_path = Path(getattr(args, "socket", None) or _config_socket(node_settings))
+    socket_path = Path(getattr(args, "socket", None) or node_settings.control_socket)
     on_exit = "leave_running" if getattr(args, "leave_running", False) else node_settings.on_exit
     tree = not getattr(args, "no_tree", False) and sys.stdout.isatty()
 
@@ -80,11 +77,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ControlError as exc:
         print(f"lifekit up: {exc}", file=sys.stderr)
         return USAGE
-
-
-def _config_socket(node_settings: Any) -> Path:
-    run_dir = getattr(node_settings, "run_dir", None)
-    return Path(run_dir) / "lifekit.sock" if run_dir else default_socket()
 
 
 async def _show_tree(node: Node) -> None:

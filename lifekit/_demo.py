@@ -7,6 +7,7 @@ and leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -46,8 +47,9 @@ _SHOWN = (
 
 def demo_config(interval: float) -> str:
     """The demo's configuration, as TOML (``lifekit check`` accepts it too)."""
-    python = sys.executable
-    worker = "import time\nwhile True:\n    time.sleep(1)"
+    # JSON strings are valid TOML basic strings, escapes included.
+    python = json.dumps(sys.executable)
+    worker = json.dumps("import time\nwhile True:\n    time.sleep(1)")
     http_args = '"--bind", "127.0.0.1", "0"'
     return f"""
 config_version = 1
@@ -61,12 +63,12 @@ recovery_limit = {{ max_recoveries = 2, window = 60.0 }}
 
 [resources.worker]
 kind = "app"
-params = {{ mode = "supervised", command = [{python!r}, "-c", {worker!r}] }}
+params = {{ mode = "supervised", command = [{python}, "-c", {worker}] }}
 
 [resources.web]
 kind = "app"
 depends_on = ["worker"]
-params = {{ mode = "supervised", command = [{python!r}, "-m", "http.server", {http_args}] }}
+params = {{ mode = "supervised", command = [{python}, "-m", "http.server", {http_args}] }}
 """
 
 
@@ -78,25 +80,30 @@ def _recovered(count: int) -> Callable[[EngineSnapshot], bool]:
     return check
 
 
+async def _catch_up() -> None:
+    """Let the event printer print what already happened before the next line."""
+    await anyio.sleep(0.1)
+
+
 def _say(text: str) -> None:
     print(f"\n\x1b[1m== {text}\x1b[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
 def _worker_pid(state_dir: Path) -> int:
-    text = (state_dir / "worker.pid").read_text()
-    return int(text.split()[0])
+    # The app kit's pidfile: JSON with the pid, its start time and the boot id.
+    return int(json.loads((state_dir / "worker.pid").read_text())["pid"])
 
 
 async def run_demo(fast: bool = False) -> int:
     """Run the demo; return 0 when every step behaved as described."""
     from lifekit._config import parse_config  # noqa: PLC0415 - keeps `import lifekit` light
 
-    configure_logging(level="ERROR")
+    configure_logging(level="CRITICAL")  # the demo prints the events itself
     interval = 0.2 if fast else 0.5
     config = parse_config(demo_config(interval), source="<demo>")
     with tempfile.TemporaryDirectory(prefix="lifekit-demo-") as tmp:
         state_dir = Path(tmp)
-        async with Node(config.model, name="demo", state_dir=state_dir) as node:
+        async with Node(config.model, name="demo", kits=config.kits, state_dir=state_dir) as node:
             start = anyio.current_time()
 
             async def show() -> None:
@@ -110,6 +117,7 @@ async def run_demo(fast: bool = False) -> int:
                 if not await node.bring_in_service("web", timeout=30):
                     print("the hierarchy failed to come in service", file=sys.stderr)
                     return 1
+                await _catch_up()
                 print(render_tree(node.status()), flush=True)
                 limit = config.model.resources["worker"].policy.recovery_limit
                 for attempt in range(1, limit.max_recoveries + 2):
@@ -124,6 +132,7 @@ async def run_demo(fast: bool = False) -> int:
                     if not last:
                         await node.wait_until(_recovered(attempt), timeout=30)
                         took = anyio.current_time() - killed_at
+                        await _catch_up()
                         print(f"   detected and recovered locally in {took:.2f} s", flush=True)
                     else:
                         snapshot = await node.wait_until(
@@ -134,6 +143,7 @@ async def run_demo(fast: bool = False) -> int:
                             timeout=30,
                         )
                         took = anyio.current_time() - killed_at
+                        await _catch_up()
                         print(
                             f"   escalated after {took:.2f} s: no recover; the hierarchy is "
                             f"out of service — {snapshot.resources['worker'].reason}",

@@ -1,0 +1,130 @@
+"""`lifekit up`, `lifekit status` and `lifekit demo` as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+LIFEKIT = [sys.executable, "-m", "lifekit._cli"]
+
+CONFIG = """
+config_version = 1
+
+[node]
+name = "t1"
+state_dir = "{state}"
+
+[defaults]
+quickcheck_interval = 0.2
+
+[resources.worker]
+kind = "app"
+params = {{ mode = "supervised", command = ["sleep", "600"] }}
+
+[resources.front]
+kind = "app"
+depends_on = ["worker"]
+params = {{ mode = "supervised", command = ["sleep", "601"] }}
+"""
+
+
+def _status(socket_path: Path) -> tuple[int, dict | None]:
+    result = subprocess.run(
+        [*LIFEKIT, "status", "--json", "--socket", str(socket_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return result.returncode, json.loads(result.stdout) if result.returncode in (0, 4) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_up_serves_status_and_ctrl_c_takes_everything_out(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG.format(state=state))
+    socket_path = tmp_path / "run" / "lifekit.sock"
+    process = subprocess.Popen(
+        [*LIFEKIT, "up", str(config), "--no-tree", "--socket", str(socket_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        document = None
+        while time.monotonic() < deadline:
+            code, document = _status(socket_path)
+            if document and document["hierarchies"][0]["state"] == "ISP":
+                break
+            time.sleep(0.2)
+        assert document is not None, "lifekit up never served its status"
+        assert code == 0
+        hierarchy = document["hierarchies"][0]
+        assert hierarchy["root"] == "front"
+        assert [r["state"] for r in hierarchy["resources"]] == ["ISP", "ISP"]
+        for tag in ("worker", "front"):
+            pids.append(json.loads((state / f"{tag}.pid").read_text())["pid"])
+        assert all(_alive(pid) for pid in pids)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert not any(_alive(pid) for pid in pids), "Ctrl-C left an application running"
+        assert not socket_path.exists()
+        assert "front" in out  # the event lines name the resources
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_status_without_a_node_exits_3(tmp_path: Path) -> None:
+    code, _ = _status(tmp_path / "nothing.sock")
+    assert code == 3
+
+
+def test_up_with_a_bad_config_exits_2_and_names_the_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        CONFIG.format(state=tmp_path).replace('depends_on = ["worker"]', 'depends_on = ["wroker"]')
+    )
+    result = subprocess.run(
+        [*LIFEKIT, "up", str(config), "--no-tree", "--socket", str(tmp_path / "s.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "wroker" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_demo_shows_detection_recovery_and_escalation() -> None:
+    result = subprocess.run(
+        [*LIFEKIT, "demo", "--fast"], capture_output=True, text=True, timeout=110, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("detected and recovered locally") == 2
+    assert "recovery limit reached (2 recoveries within 60 s)" in result.stdout
+    assert "RecoveryLimitReached" in result.stdout
+    assert "HierarchyFailed" in result.stdout
