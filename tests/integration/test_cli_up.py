@@ -79,8 +79,9 @@ def test_up_serves_status_and_ctrl_c_takes_everything_out(tmp_path: Path) -> Non
         hierarchy = document["hierarchies"][0]
         assert hierarchy["root"] == "front"
         assert [r["state"] for r in hierarchy["resources"]] == ["ISP", "ISP"]
-        for tag in ("worker", "front"):
-            pids.append(json.loads((state / f"{tag}.pid").read_text())["pid"])
+        pids.extend(
+            json.loads((state / f"{tag}.pid").read_text())["pid"] for tag in ("worker", "front")
+        )
         assert all(_alive(pid) for pid in pids)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
