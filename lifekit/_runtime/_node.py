@@ -634,6 +634,17 @@ class EventStream:
                 ) from None
             raise StopAsyncIteration from None
 
+    def receive_nowait(self) -> Notification:
+        """The next event if one is waiting, without blocking.
+
+        :raises anyio.WouldBlock: none is waiting.
+        :raises anyio.EndOfStream: the stream ended (the node stopped, or it was closed).
+        """
+        try:
+            return self._receive.receive_nowait()
+        except anyio.ClosedResourceError:
+            raise anyio.EndOfStream from None
+
     def __enter__(self) -> EventStream:
         return self
 
