@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 
+from lifekit._cli import ExitCode
 from lifekit._runtime import Node
 from lifekit._runtime._control import control_request, serve_control
 from lifekit._runtime._logging import configure_logging
@@ -22,8 +23,13 @@ from lifekit.errors import ConfigError, ControlError
 
 __all__ = ["cmd_demo", "cmd_status", "cmd_up", "default_socket"]
 
-# Exit codes: the contract in docs/cli.md (mirrored from lifekit._cli.ExitCode).
-OK, INTERNAL, USAGE, UNREACHABLE, FAILED = 0, 1, 2, 3, 4
+# Exit codes: the contract in docs/cli.md.
+OK, USAGE, UNREACHABLE, FAILED = (
+    ExitCode.OK,
+    ExitCode.USAGE,
+    ExitCode.UNREACHABLE,
+    ExitCode.HIERARCHY_FAILED,
+)
 
 
 def default_socket() -> Path:
@@ -38,12 +44,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lifekit._config import load_config  # noqa: PLC0415 - only `up` needs the loader
 
     try:
-        config = load_config(args.file)
+        config = load_config(
+            args.file,
+            node_name=getattr(args, "node", None),
+            plugins=getattr(args, "plugin_modules", None) or (),
+        )
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return USAGE
     node_settings = config.node
-    name = getattr(args, "node", None) or node_settings.name
+    name = node_settings.name
     configure_logging(
         level=getattr(args, "log_level", None) or node_settings.log_level,
         file=getattr(args, "log_file", None) or node_settings.log_file,
