@@ -94,6 +94,7 @@ class Host(Protocol):
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
         output: str | Path | None = None,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> SpawnedProcess:
         """Start a long-lived process in its own process group and return at once."""
         ...
