@@ -152,3 +152,70 @@ def test_the_suite_runs_programmatically_on_the_installed_kit(installed: Path) -
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "kit 'echo' on host" in finished.stdout
     assert finished.stdout.count("PASS") == 8, finished.stdout
+
+
+USE_IN_HIERARCHY = textwrap.dedent(
+    """
+    import socket, sys, tempfile
+    import anyio
+    from lifekit import Node, State, parse_config
+
+    def free_port():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    CONFIG = '''
+    config_version = 1
+    [node]
+    name = "t1"
+    [resources.echo1]
+    kind = "echo"
+    params = {{ port = {port} }}
+    [resources.app1]
+    kind = "app"
+    depends_on = ["echo1"]
+    params = {{ mode = "supervised", command = ["sleep", "600"] }}
+    '''
+
+    async def main():
+        port = free_port()
+        config = parse_config(CONFIG.format(port=port), source="<third-party>")
+        with tempfile.TemporaryDirectory() as state:
+            async with Node(config.model, name="t1", kits=config.kits, state_dir=state) as node:
+                assert await node.bring_in_service("app1", timeout=30)
+                async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                    await stream.send(b"ping\\n")
+                    print("echoed", (await stream.receive()).decode().strip())
+                print("states", *(s.state.value for s in node.snapshot().resources.values()))
+                assert await node.take_out_of_service("app1", timeout=30)
+                print("after", *(s.state.value for s in node.snapshot().resources.values()))
+
+    anyio.run(main, backend=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_installed_kit_serves_in_a_hierarchy_through_the_runtime(
+    installed: Path, backend: str
+) -> None:
+    # The third-party kind sits under a bundled kit's resource in one hierarchy: lifekit
+    # validates its parameters, orders it first, runs its real server, takes it out last.
+    finished = run_python(installed, ["-c", USE_IN_HIERARCHY, backend])
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    lines = dict(line.split(" ", 1) for line in finished.stdout.splitlines())
+    assert lines["echoed"] == "ping"
+    assert lines["states"] == "ISP ISP"
+    assert lines["after"] == "OSU OSU"
+
+
+def test_lifekit_check_validates_the_installed_kits_parameters(installed: Path) -> None:
+    config = installed.parent / "bad.toml"
+    config.write_text(
+        'config_version = 1\n[resources.e]\nkind = "echo"\nparams = { port = "eighty" }\n'
+    )
+    finished = run_python(installed, ["-m", "lifekit", "check", str(config)])
+    assert finished.returncode == 2, finished.stdout + finished.stderr
+    assert "resources.e.params.port" in finished.stderr
+    assert "'eighty'" in finished.stderr
