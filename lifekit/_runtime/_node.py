@@ -419,9 +419,18 @@ class Node:
                         try:
                             outputs += engine.handle(item, now)
                         except EngineUsageError as exc:
-                            # A request the engine refuses (e.g. during shutdown) changes
-                            # nothing; say so and go on.
-                            _log.error("request refused: %s", exc)
+                            if not isinstance(item, ActionFinished):
+                                # A request the engine refuses (e.g. during shutdown)
+                                # changes nothing; say so and go on.
+                                _log.error("request refused: %s", exc)
+                                continue
+                            # A result the engine cannot read: its action still needs its
+                            # one answer, or the resource would stay busy for ever.
+                            _log.error("kit result refused, counted as a failure: %s", exc)
+                            substitute = Result.soft_failure(f"invalid kit result: {exc}")
+                            outputs += engine.handle(
+                                ActionFinished(item.command_id, substitute), now
+                            )
                     outputs += engine.handle_timer(now)
                     # Only requests hold tickets; action results are queued by the runtime.
                     self._applied += sum(

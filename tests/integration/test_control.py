@@ -45,10 +45,18 @@ class FlagKit(Kit):
 
 
 class _ExplodingResult(Result):
+    """Valid when made; once armed, reading its reason raises (stands in for an engine bug)."""
+
     def __getattribute__(self, name: str) -> object:
-        if name == "reason":
+        if name == "reason" and object.__getattribute__(self, "__dict__").get("armed"):
             raise RuntimeError("boom")
         return super().__getattribute__(name)
+
+
+def _exploding() -> Result:
+    result = _ExplodingResult(Outcome.NOT_RUNNING)
+    object.__setattr__(result, "armed", True)
+    return result
 
 
 def _model():
@@ -187,7 +195,7 @@ async def test_engine_failure_stops_the_node_and_reaches_the_power_seam(tmp_path
         assert await node.bring_in_service("b", timeout=10)
         # A result that blows up inside the engine (its reason raises when read) stands in
         # for an engine bug: the engine must poison itself and the node stop acting.
-        kit.broken_result = _ExplodingResult(Outcome.NOT_RUNNING)
+        kit.broken_result = _exploding()
         await node.wait_until(lambda s: bool(power.requests), timeout=10)
         with pytest.raises(Exception, match="engine failed"):
             node.request_out_of_service("b")
@@ -201,7 +209,9 @@ async def test_a_result_with_a_bogus_outcome_is_a_soft_failure_not_a_crash(
     kit = FlagKit()
     async with Node(_model(), name="n1", kits=KitRegistry([kit]), state_dir=tmp_path) as node:
         assert await node.bring_in_service("b", timeout=10)
-        kit.broken_result = Result(outcome="exploded", reason="?")  # type: ignore[arg-type]
+        bogus = Result.ok()
+        object.__setattr__(bogus, "outcome", "exploded")  # what a careless kit might build
+        kit.broken_result = bogus
         snapshot = await node.wait_until(
             lambda s: s.resources["a"].recent_recoveries >= 1, timeout=10
         )
