@@ -178,7 +178,12 @@ class Node:
     # Lifecycle
 
     async def __aenter__(self) -> Node:
-        kits = self._kits_given or load_kits(node_name=self.name, plugins=self._plugins)
+        kits = self._kits_given
+        if kits is None:
+            # Scanning entry points and importing kit packages reads files: not on the loop.
+            kits = await anyio.to_thread.run_sync(
+                lambda: load_kits(node_name=self.name, plugins=self._plugins)
+            )
         missing = sorted({r.kind for r in self._model.resources.values()} - set(kits.kits))
         if missing:
             raise KitNotFound(missing[0], list(kits.kits))
