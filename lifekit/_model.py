@@ -2,14 +2,16 @@
 
 Everything here is immutable data and pure validation; the engine reads it and never changes
 it. :func:`build_model` is the one way to get a :class:`Model`: it checks the whole
-configuration (unknown or duplicate tags, cycles, roots whose node lists disagree over a shared
-resource, node lists a resource reorders) and reports every problem at once, naming the
-resources involved.
+configuration (unknown or duplicate tags, cycles, hierarchies named by a non-root, roots whose
+node lists disagree over a shared resource, node lists a resource reorders or extends, node
+lists that leave a hierarchy no node) and reports every problem at once, naming the resources
+involved.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -82,8 +84,8 @@ class Result:
     ``Result.fatal(...)``.
     """
 
-    outcome: Outcome
-    reason: str = ""
+    outcome: Outcome = attrs.field(validator=attrs.validators.instance_of(Outcome))
+    reason: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
 
     @classmethod
     def ok(cls, reason: str = "") -> Result:
@@ -158,8 +160,10 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 seconds, got {value!r}")
+    # Finite too: an infinite interval or timeout would put infinities (and NaN, via 0 * inf)
+    # into the engine's deadline arithmetic.
+    if not 0 < value < math.inf:
+        raise ValueError(f"{attribute.name} must be a finite number > 0 seconds, got {value!r}")
 
 
 @attrs.frozen
@@ -445,6 +449,33 @@ def build_model(  # noqa: PLR0915 - one pass per rule, in the order the docs lis
                         expected=f"a subsequence of {list(full)}",
                     )
                 )
+            elif not narrowed:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}: resources.{tag}.nodes",
+                        "no node may host this resource, so none may host its hierarchies",
+                        value=[],
+                        expected=f"at least one of {list(full)}, or no node list at all",
+                    )
+                )
+    if not issues:
+        for root, hierarchy in built.items():
+            # Each narrowing may be valid alone and still leave no node for them all.
+            narrowing = [tag for tag in hierarchy.members if by_tag[tag].nodes is not None]
+            nodes = set(hierarchy.nodes)
+            for tag in narrowing:
+                nodes &= set(by_tag[tag].nodes or ())
+            if not nodes:
+                described = "; ".join(
+                    f"{tag!r}: {list(by_tag[tag].nodes or ())}" for tag in narrowing
+                )
+                issues.append(
+                    ConfigIssue(
+                        f"{where}: hierarchies.{root}",
+                        f"no node may host every resource of the hierarchy ({described})",
+                        expected="give these resources' node lists at least one node in common",
+                    )
+                )
     if issues:
         raise ConfigError(issues)
     return Model(
@@ -490,7 +521,11 @@ def _find_cycle(by_tag: Mapping[str, Resource], stuck: set[str]) -> list[str]:
     index = {start: 0}
     current = start
     while True:
-        current = next(child for child in sorted(by_tag[current].depends_on) if child in stuck)
+        current = next(
+            child
+            for child in sorted(by_tag[current].depends_on)
+            if child in stuck and child != current  # a self-dependency is reported apart
+        )
         if current in index:
             return [*path[index[current] :], current]
         index[current] = len(path)
@@ -502,7 +537,8 @@ def _reachable(root: str, by_tag: Mapping[str, Resource]) -> set[str]:
     stack = [root]
     while stack:
         for child in by_tag[stack.pop()].depends_on:
-            if child not in seen:
+            # An unknown child is reported already; skipping it lets the other checks run.
+            if child not in seen and child in by_tag:
                 seen.add(child)
                 stack.append(child)
     return seen

@@ -24,32 +24,47 @@ At most one action runs per resource (``busy``); every command id gets exactly o
 Reconciliation. Requests do not run actions directly; they change what is *demanded* of
 each resource: ``in`` (some hierarchy containing it was requested in service and has not
 failed, or failed but keeps it, which is what rollback leaves running), ``out`` (requested out,
-failed, or blocked by its own failure), or ``as found`` (nobody has asked yet: a resource found
-running at start is adopted and monitored, never restarted or removed). From the demand:
+failed, or *blocked* by its own failure), or ``as found`` (nobody has asked yet: a resource found
+running at start is adopted and monitored, never restarted). From the demand:
 
 * ``target(r)``: demand ``in`` and ``target`` holds for every child (bring it in service);
-* ``stay(r)``: demand is not ``out`` and ``stay`` holds for every child (it may stay in service).
+* ``stay(r)``: demand is not ``out`` and every child may stay and is running (phase ``IN``) or
+  not probed yet. So a parent found running above a child that is not running or broken is
+  taken out (it is running without what it needs), and everything above a failing resource
+  goes out before it does.
 
 After each input the engine settles, in two passes (h11 style, re-applied to a fixed point):
 first ``target`` and ``stay`` are recomputed for the resources whose inputs changed, propagating
 upward through a worklist; then each touched resource decides:
 
-* ``OUT`` and ``target`` and every child ``IN`` -> restore (children before parents; independent
-  branches concurrently);
-* ``IN`` and not ``stay`` and every parent ``OUT`` -> remove (parents before children);
-* ``DIRTY`` and every parent ``OUT`` -> remove.
+* ``OUT`` and ``target`` and every child *up* (``IN``, may stay, not being removed) -> restore
+  (children before parents; independent branches concurrently);
+* ``IN`` and not ``stay``, or ``DIRTY``, and every parent *down* (``OUT`` and not being
+  restored) -> remove (parents before children).
 
-Both passes only visit what changed, so a 10,000-resource hierarchy settles in linear time, and
-nothing recurses, so a 1,000-long chain is fine.
+Each resource keeps counts of its up children, down parents, and children that let it stay or
+be a target, updated when a neighbour changes; so a decision is O(1), both passes only visit
+what changed, a 10,000-resource hierarchy settles in linear time, and nothing recurses, so a
+1,000-long chain is fine.
 
 Results. The effect of each kit result is data: :data:`TRANSITIONS` maps (step, outcome) to an
 :class:`Effect`. A quickcheck failure runs ``recover`` while the temporal recovery limit allows;
-past it, on a hard failure or when ``recover`` fails, the failure *escalates*: the resource goes
-``DIRTY`` and, with failover enabled, each hierarchy containing it fails (everything in it is
-taken out, parents first, and :class:`HierarchyFailed` asks for failover); with failover
-disabled only the resource and what depends on it go out. A fatal result (configuration error)
-escalates and is never retried. An action past its timeout is cancelled and counts as a soft
-failure (so a hung remove needs fencing).
+past it, on a hard failure, when local recovery is off, or when ``recover`` fails, the failure
+*escalates*: the resource goes ``DIRTY`` and is blocked (demand ``out``) until a request for one
+of its hierarchies retries it, so it and everything that depends on it go out; with failover
+enabled, each hierarchy containing it that is wanted here (requested in, or left as found with
+its root running) also fails: everything in it is taken out, parents first, and
+:class:`HierarchyFailed` asks for failover. A fatal result (configuration error) is handled the
+same way but never asks for failover and is never retried except by an explicit request. A
+quickcheck failure of a resource that is already on its way out is not recovered: it is removed.
+A failed restore blocks the resource and fails the attempt of each hierarchy requested in:
+with rollback, what that attempt brought up (or was bringing up) goes out and what was running
+before stays; without, everything running or being restored stays. An action past its timeout
+is cancelled and its result counts as a soft failure (so a hung remove needs fencing).
+
+Shutdown. :class:`ShutdownRequested` cancels every quickcheck. With ``take_out`` it lets probes
+finish (to know what to remove) and takes every hierarchy out; otherwise it cancels probes too
+and starts nothing more. :class:`ShutdownCompleted` comes once no action is in flight.
 
 Errors. Bad input raises :class:`EngineUsageError` before any change. Any other exception is a
 bug: the engine poisons itself and every later call raises :class:`EngineFailed`; the runtime
@@ -229,6 +244,8 @@ class ResourceStatus:
     fencing_required: bool
     #: Local recoveries counted in the current window.
     recent_recoveries: int
+    #: When the next quickcheck falls due (``None``: none scheduled, e.g. not in service).
+    next_check_at: float | None = None
 
 
 @attrs.frozen
@@ -265,11 +282,17 @@ class _Res:
         "busy",
         "check_due",
         "children",
+        "down",
         "fail_reason",
         "fencing",
         "kind",
         "last_check",
         "last_check_at",
+        "n_down",
+        "n_ok",
+        "n_target",
+        "n_up",
+        "ok",
         "out_reason",
         "parents",
         "phase",
@@ -281,6 +304,7 @@ class _Res:
         "stay",
         "tag",
         "target",
+        "up",
     )
 
     def __init__(self, model: Model, tag: str) -> None:
@@ -295,8 +319,18 @@ class _Res:
         self.state = State.UNKNOWN
         self.reason = "not probed yet"
         self.busy: _Flight | None = None
+        # target/stay start at their fixed point for "nobody asked, nothing probed".
         self.target = False
         self.stay = True
+        # Flags neighbours count (see Engine._refresh), and the counts of this resource's own
+        # neighbours, kept so that no decision has to scan a wide list of children or parents.
+        self.up = False  # IN, may stay, not being removed: a parent may be restored above it
+        self.down = False  # OUT and not being restored: a child below it may be removed
+        self.ok = True  # may stay and running (or not probed): its parents may stay
+        self.n_up = 0
+        self.n_down = 0
+        self.n_ok = len(self.children)
+        self.n_target = 0
         self.blocked = False
         self.fencing = False
         self.fail_reason: str | None = None
@@ -381,7 +415,11 @@ class Engine:
         return self._guarded(self._apply, event, now)
 
     def handle_timer(self, now: float) -> list[Output]:
-        """Act on every deadline at or before ``now`` (timeouts, quickchecks)."""
+        """Act on every deadline at or before ``now`` (timeouts, quickchecks).
+
+        :raises EngineUsageError: ``now`` is not a time the engine can accept; nothing changed.
+        :raises EngineFailed: the engine is poisoned by an earlier internal error.
+        """
         self._check_usable(now)
         return self._guarded(self._on_timer, None, now)
 
@@ -411,9 +449,10 @@ class Engine:
         return len(self._flights)
 
     def snapshot(self) -> EngineSnapshot:
-        """A frozen picture of every resource and hierarchy."""
+        """A frozen picture of every resource and hierarchy. Changes nothing."""
         resources = {}
         for tag, res in self._res.items():
+            window_start = self._now - res.policy.recovery_limit.window
             resources[tag] = ResourceStatus(
                 tag=tag,
                 kind=res.kind,
@@ -423,7 +462,8 @@ class Engine:
                 last_check_at=res.last_check_at,
                 last_check=res.last_check,
                 fencing_required=res.fencing,
-                recent_recoveries=self._recent_recoveries(res, self._now),
+                recent_recoveries=sum(1 for at in res.recoveries if at > window_start),
+                next_check_at=res.check_due,
             )
         hierarchies = {}
         for root, hier in self._hier.items():
@@ -454,6 +494,10 @@ class Engine:
             raise EngineFailed(
                 "the engine stopped after an internal error and accepts no more events"
             ) from self._failure
+        if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
+            raise EngineUsageError(
+                f"now must be a finite number of seconds from a monotonic clock, got {now!r}"
+            )
         if now < self._now:
             raise EngineUsageError(
                 f"time went backwards: now={now!r} but the engine was already at {self._now!r}; "
@@ -464,30 +508,50 @@ class Engine:
         if isinstance(event, NodeStarted):
             if self._started:
                 raise EngineUsageError("NodeStarted was already handled; probe only once")
+            if self._shutdown is not None:
+                raise EngineUsageError(
+                    "NodeStarted after ShutdownRequested: the node is shutting down and starts "
+                    "nothing new"
+                )
         elif isinstance(event, InServiceRequested | OutOfServiceRequested):
-            if event.root not in self._hier:
+            if not isinstance(event.root, str) or event.root not in self._hier:
                 known = ", ".join(sorted(self._hier)) or "none"
                 raise EngineUsageError(
                     f"no hierarchy is named {event.root!r}; hierarchies are named by their "
                     f"root's tag (known: {known})"
+                )
+            if isinstance(event, OutOfServiceRequested) and not isinstance(event.fenced, bool):
+                raise EngineUsageError(
+                    f"OutOfServiceRequested.fenced must be True or False, got {event.fenced!r}"
                 )
             if self._shutdown is not None:
                 raise EngineUsageError(
                     f"cannot change hierarchy {event.root!r}: the node is shutting down"
                 )
         elif isinstance(event, ActionFinished):
-            if event.command_id not in self._flights:
+            command_id = event.command_id
+            if (
+                isinstance(command_id, bool)
+                or not isinstance(command_id, int)
+                or command_id not in self._flights
+            ):
                 raise EngineUsageError(
-                    f"no action with command id {event.command_id!r} is running; each command "
+                    f"no action with command id {command_id!r} is running; each command "
                     "gets exactly one ActionFinished"
                 )
-            if not isinstance(event.result, Result):
+            result = event.result
+            if not isinstance(result, Result) or not isinstance(result.outcome, Outcome):
                 raise EngineUsageError(
-                    f"ActionFinished.result must be a lifekit Result, got {event.result!r}"
+                    f"ActionFinished.result must be a lifekit Result with an Outcome, got "
+                    f"{result!r}; build one with Result.ok(), Result.soft_failure(reason), ..."
                 )
         elif isinstance(event, ShutdownRequested):
             if self._shutdown is not None:
                 raise EngineUsageError("a shutdown was already requested")
+            if not isinstance(event.take_out, bool):
+                raise EngineUsageError(
+                    f"ShutdownRequested.take_out must be True or False, got {event.take_out!r}"
+                )
         else:
             raise EngineUsageError(f"not an engine event: {event!r}")
 
@@ -500,10 +564,13 @@ class Engine:
             method(event, now)
             self._settle(now)
             self._check_shutdown(now)
-        except Exception as exc:
-            # Deliberately broad: whatever went wrong inside, the engine's state can no longer
-            # be trusted, and a guess could put a resource in service on two nodes.
+        except BaseException as exc:
+            # Deliberately broad: whatever went wrong inside (even an interrupt half-way through
+            # an update), the engine's state can no longer be trusted, and a guess could put a
+            # resource in service on two nodes.
             self._failure = exc
+            if not isinstance(exc, Exception):
+                raise
             raise EngineFailed(f"internal engine error: {exc!r}") from exc
         out, self._out = self._out, []
         return out
@@ -539,8 +606,11 @@ class Engine:
             hier.fenced = event.fenced
             for tag in hier.members:
                 res = self._res[tag]
-                res.out_reason = "taken out of service on request"
                 self._retry_stuck(res, now)
+                if self._demand(res) == _OUT:
+                    # Only for what really goes out: a resource another hierarchy keeps in
+                    # service must not later be said to have gone out "on request".
+                    res.out_reason = "taken out of service on request"
             self._touch_targets(hier.members)
         elif isinstance(event, ActionFinished):
             self._finished(event.command_id, event.result, now)
@@ -554,11 +624,16 @@ class Engine:
 
     def _start_shutdown(self, take_out: bool, now: float) -> None:
         self._shutdown = take_out
+        # Monitoring stops. Probes are only needed if something is to be taken out: a resource
+        # whose probe was cancelled is never known, so it could not be removed.
+        cancelled = (Step.CHECK,) if take_out else (Step.CHECK, Step.PROBE)
         for flight in self._flights.values():
-            if flight.step in (Step.CHECK, Step.PROBE) and flight.cancel is None:
+            if flight.step in cancelled and flight.cancel is None:
                 flight.cancel = ("node shutting down", False)
                 self._out.append(CancelAction(flight.command.command_id, "node shutting down"))
         self._checks.clear()
+        for res in self._res.values():
+            res.check_due = None
         if take_out:
             for hier in self._hier.values():
                 hier.desired = False
@@ -604,6 +679,7 @@ class Engine:
         flight = self._flights.pop(command_id)
         res = self._res[flight.command.tag]
         res.busy = None
+        self._refresh(res)
         self._to_decide[res.tag] = None
         if flight.cancel is not None:
             reason, counts = flight.cancel
@@ -631,7 +707,7 @@ class Engine:
         elif effect is Effect.DOWN:
             self._went_down(res, step, result, now)
         elif effect in (Effect.FOUND_BROKEN, Effect.FOUND_BROKEN_HARD):
-            res.fail_reason = f"probe found it broken: {reason}"
+            res.fail_reason = f"probe found it broken: {result}"
             res.blocked = effect is Effect.FOUND_BROKEN_HARD
             self._set_phase(res, Phase.DIRTY, now, f"{res.fail_reason}; cleaning up")
             self._touch_targets((res.tag,))
@@ -673,6 +749,8 @@ class Engine:
         elif result.reason and step is not Step.CHECK:
             text = f"{text}: {result.reason}"
         res.fail_reason = None
+        if step is not Step.CHECK:
+            res.out_reason = None  # a new stay in service: why it last went out is history
         self._set_phase(res, Phase.IN, now, text, state)
 
     def _went_down(self, res: _Res, step: Step, result: Result, now: float) -> None:
@@ -689,7 +767,21 @@ class Engine:
     def _monitor_failed(self, res: _Res, result: Result, now: float) -> None:
         self._out.append(QuickcheckFailed(at=now, tag=res.tag, result=result))
         policy = res.policy
+        if not res.stay:
+            # Already on its way out (a request, a failure above or below it, a take-out
+            # shutdown): recovering it, or failing hierarchies over it, would be pointless.
+            res.fail_reason = f"quickcheck failed: {result}"
+            self._set_phase(res, Phase.DIRTY, now, f"{res.fail_reason}; taking out of service")
+            return
         if self._shutdown is not None:
+            # Shutting down and leaving things running: nothing more is started.
+            self._set_phase(
+                res,
+                Phase.IN,
+                now,
+                f"quickcheck failed: {result}; node shutting down, not recovering",
+                State.ISU,
+            )
             return
         if not policy.local_recovery:
             self._escalate(res, f"quickcheck failed: {result} (local recovery disabled)", now)
@@ -724,37 +816,76 @@ class Engine:
             res.recoveries.popleft()
         return len(res.recoveries)
 
+    def _wanted(self, hier: _Hier) -> bool:
+        """Whether the hierarchy is meant to run here: requested in, or adopted as found."""
+        if hier.failed is not None:
+            return False
+        if hier.desired is None:
+            return self._res[hier.root].phase is Phase.IN
+        return hier.desired
+
     def _escalate(self, res: _Res, reason: str, now: float, *, fatal: bool = False) -> None:
+        # Decide which hierarchies fail before the resource changes phase: "adopted as found"
+        # reads the root's phase, and the resource may be the root.
+        failing = [root for root in res.roots if self._wanted(self._hier[root])]
         res.fail_reason = reason
+        # Blocked until a request retries it: neither another hierarchy's demand nor a
+        # retained rollback may bring it straight back, which would loop restore and failure.
+        res.blocked = True
         self._set_phase(res, Phase.DIRTY, now, f"failed: {reason}; taking out of service")
         self._out.append(ResourceFailed(at=now, tag=res.tag, reason=reason, fatal=fatal))
-        if fatal or res.policy.failover:
-            for root in res.roots:
+        self._mark_dependants(res, f"taken out of service: {res.tag} failed")
+        if res.policy.failover:
+            for root in failing:
                 self._fail_hierarchy(root, res, reason, now, failover=not fatal, keep=frozenset())
-        else:
-            res.blocked = True
-            self._touch_targets((res.tag,))
+        self._touch_targets((res.tag,))
+
+    def _mark_dependants(self, res: _Res, reason: str) -> None:
+        """Say why everything above ``res`` goes out (iteratively: chains may be deep)."""
+        seen = {res.tag}
+        stack = list(res.parents)
+        while stack:
+            tag = stack.pop()
+            if tag in seen:
+                continue
+            seen.add(tag)
+            parent = self._res[tag]
+            parent.out_reason = reason
+            stack.extend(parent.parents)
 
     def _restore_failed(self, res: _Res, result: Result, effect: Effect, now: float) -> None:
         reason = f"restore failed: {result}"
         res.fail_reason = reason
         fatal = effect is Effect.RESTORE_FATAL
-        res.blocked = effect is not Effect.RESTORE_FAILED
+        # Blocked, for the same reason as an escalated failure: a hierarchy that keeps running
+        # parts of itself after a failed attempt must not restore this one again and again.
+        res.blocked = True
         self._set_phase(res, Phase.DIRTY, now, f"{reason}; cleaning up")
-        if fatal:
-            self._out.append(ResourceFailed(at=now, tag=res.tag, reason=reason, fatal=True))
+        self._out.append(ResourceFailed(at=now, tag=res.tag, reason=reason, fatal=fatal))
+        self._mark_dependants(res, f"taken out of service: {res.tag} failed")
         for root in res.roots:
             hier = self._hier[root]
             if not hier.desired or hier.failed is not None:
                 continue
-            running = {tag for tag in hier.members if self._running_or_restoring(self._res[tag])}
-            keep = running - hier.attempt if self._model.hierarchies[root].rollback else running
-            self._fail_hierarchy(root, res, reason, now, failover=not fatal, keep=frozenset(keep))
+            running = {tag for tag in hier.members if self._res[tag].phase is Phase.IN}
+            if self._model.hierarchies[root].rollback:
+                # What this attempt brought up, or was still bringing up, goes out again.
+                keep = running - hier.attempt
+            else:
+                keep = running | {
+                    tag
+                    for tag in hier.members
+                    if (busy := self._res[tag].busy) is not None and busy.step is Step.RESTORE
+                }
+            self._fail_hierarchy(
+                root,
+                res,
+                reason,
+                now,
+                failover=not fatal and res.policy.failover,
+                keep=frozenset(keep),
+            )
         self._touch_targets((res.tag,))
-
-    @staticmethod
-    def _running_or_restoring(res: _Res) -> bool:
-        return res.phase is Phase.IN or (res.busy is not None and res.busy.step is Step.RESTORE)
 
     def _fail_hierarchy(
         self,
@@ -806,10 +937,7 @@ class Engine:
         if old_phase is phase:
             return
         self._to_decide[res.tag] = None
-        for tag in res.parents:
-            self._to_decide[tag] = None
-        for tag in res.children:
-            self._to_decide[tag] = None
+        self._refresh(res)
         was_out = old_phase is Phase.OUT
         if was_out != (phase is Phase.OUT):
             step = -1 if phase is Phase.OUT else 1
@@ -819,6 +947,36 @@ class Engine:
                     self._out.append(HierarchyOutOfService(at=now, root=root))
         if phase is Phase.IN and res.tag in self._hier:
             self._out.append(HierarchyInService(at=now, root=res.tag))
+
+    def _refresh(self, res: _Res) -> None:
+        """Re-derive the flags neighbours count after ``res`` changed phase, busy or stay.
+
+        Each change updates the neighbours' counts and queues them to decide again (or, for
+        ``ok``, to recompute ``stay``), so no neighbour ever rescans its whole list.
+        """
+        phase, busy = res.phase, res.busy
+        up = phase is Phase.IN and res.stay and (busy is None or busy.step is not Step.REMOVE)
+        down = phase is Phase.OUT and busy is None
+        ok = res.stay and (phase is Phase.IN or phase is Phase.UNPROBED)
+        if up is not res.up:
+            res.up = up
+            self._count(res.parents, "n_up", up)
+            self._to_decide.update(dict.fromkeys(res.parents))
+        if down is not res.down:
+            res.down = down
+            self._count(res.children, "n_down", down)
+            self._to_decide.update(dict.fromkeys(res.children))
+        if ok is not res.ok:
+            res.ok = ok
+            self._count(res.parents, "n_ok", ok)
+            self._touch_targets(res.parents)
+
+    def _count(self, tags: tuple[str, ...], counter: str, flag: bool) -> None:
+        """Add one to (``flag``) or take one from each of ``tags``' ``counter``."""
+        delta = 1 if flag else -1
+        for tag in tags:
+            neighbour = self._res[tag]
+            setattr(neighbour, counter, getattr(neighbour, counter) + delta)
 
     def _run(self, res: _Res, step: Step, now: float) -> None:
         action = _STEP_ACTION[step]
@@ -836,6 +994,7 @@ class Engine:
         flight = _Flight(command, step)
         res.busy = flight
         res.check_due = None
+        self._refresh(res)
         self._flights[command.command_id] = flight
         heapq.heappush(self._deadlines, (now + command.timeout, command.command_id))
         self._out.append(command)
@@ -847,6 +1006,8 @@ class Engine:
         # A stable phase per (kind, interval): same-kind checks fall due together and batch.
         offset = (zlib.crc32(f"{res.kind}/{interval!r}".encode()) % 1000) / 1000 * interval
         due = offset + interval * (math.floor((now - offset) / interval) + 1)
+        if due <= now:
+            due += interval  # rounding put the grid point on or before now
         res.check_due = due
         self._check_seq += 1
         heapq.heappush(self._checks, (due, self._check_seq, res.tag))
@@ -887,44 +1048,51 @@ class Engine:
 
     def _settle(self, now: float) -> None:
         queue, queued, resources = self._target_queue, self._queued, self._res
-        while queue:
-            tag = queue.popleft()
-            queued.discard(tag)
-            res = resources[tag]
-            demand = self._demand(res)
-            target = demand == _IN and all(resources[child].target for child in res.children)
-            stay = demand != _OUT and all(resources[child].stay for child in res.children)
-            self._to_decide[tag] = None
-            if target != res.target or stay != res.stay:
-                res.target, res.stay = target, stay
-                for parent in res.parents:
-                    if parent not in queued:
-                        queued.add(parent)
-                        queue.append(parent)
-        # Decisions never change targets or phases, only start actions, so one pass settles.
-        while self._to_decide:
+        while queue or self._to_decide:
+            while queue:
+                tag = queue.popleft()
+                queued.discard(tag)
+                res = resources[tag]
+                demand = self._demand(res)
+                width = len(res.children)
+                target = demand == _IN and res.n_target == width
+                stay = demand != _OUT and res.n_ok == width
+                self._to_decide[tag] = None
+                if target is not res.target:
+                    res.target = target
+                    self._count(res.parents, "n_target", target)
+                    self._touch_targets(res.parents)
+                if stay is not res.stay:
+                    res.stay = stay
+                    self._refresh(res)
+            # Decisions only start actions: they change no target, stay or phase, so they
+            # never feed the first pass; the outer loop is a guard, not a second round.
             pending = sorted(self._to_decide, key=self._position.__getitem__)
             self._to_decide = {}
             for tag in pending:
                 self._decide(resources[tag], now)
 
     def _decide(self, res: _Res, now: float) -> None:
-        if res.busy is not None or self._failure is not None:
+        if res.busy is not None:
             return
         if self._shutdown is False:
             return  # leaving everything running: no new actions
         phase = res.phase
-        resources = self._res
         if phase is Phase.OUT:
-            if (
-                res.target
-                and self._shutdown is None
-                and all(resources[child].phase is Phase.IN for child in res.children)
-            ):
+            if res.target and self._shutdown is None and res.n_up == len(res.children):
                 res.fail_reason = None
                 self._set_phase(res, Phase.OUT, now, "restoring", res.state)
                 self._run(res, Step.RESTORE, now)
-        elif ((phase is Phase.IN and not res.stay) or phase is Phase.DIRTY) and all(
-            resources[parent].phase is Phase.OUT for parent in res.parents
+        elif ((phase is Phase.IN and not res.stay) or phase is Phase.DIRTY) and res.n_down == len(
+            res.parents
         ):
+            if res.out_reason is None and phase is Phase.IN:
+                res.out_reason = self._why_out(res)
             self._run(res, Step.REMOVE, now)
+
+    def _why_out(self, res: _Res) -> str:
+        """Why an in-service resource nobody explicitly took out is being removed."""
+        for tag in res.children:
+            if not self._res[tag].ok:
+                return f"taken out of service: {tag!r}, which it depends on, is not in service"
+        return "taken out of service"

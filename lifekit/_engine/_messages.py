@@ -79,7 +79,11 @@ class ActionFinished:
 
 @attrs.frozen
 class ShutdownRequested:
-    """Stop monitoring; with ``take_out``, take every hierarchy out of service first."""
+    """Stop monitoring; with ``take_out``, take every hierarchy out of service first.
+
+    After it, requests and :class:`NodeStarted` are refused; :class:`ShutdownCompleted` follows
+    once no action is in flight.
+    """
 
     take_out: bool = True
 
@@ -113,7 +117,10 @@ class RunAction:
 
 @attrs.frozen
 class CancelAction:
-    """Cancel a running action now; then still report its :class:`ActionFinished`."""
+    """Cancel a running action now; then still report its :class:`ActionFinished`.
+
+    The resource stays busy until that report arrives: the engine starts nothing else on it.
+    """
 
     command_id: int
     reason: str
@@ -185,7 +192,10 @@ class ActionTimedOut:
 
 @attrs.frozen
 class ResourceFailed:
-    """A resource failed beyond what local recovery could fix.
+    """A resource failed beyond what local recovery could fix, or failed to restore.
+
+    It is taken out of service (with everything that depends on it) and not started again on
+    this node until a request for one of its hierarchies retries it.
 
     :param fatal: a configuration error: it will not be retried anywhere; alert the operator.
     """
@@ -201,11 +211,13 @@ class HierarchyFailed:
     """A hierarchy could not be kept (or brought) in service on this node.
 
     This is the escalation the cluster layer consumes. Alone on one node, the hierarchy ends
-    out of service (its failed resource OSF) with ``reason``.
+    out of service (its failed resource OSF) with ``reason``. Only hierarchies wanted on this
+    node fail: requested in service, or left as found with their root running.
 
     :param cause: the tag of the resource whose failure escalated.
     :param failover_needed: another node should take the hierarchy over (``False`` for a
-        fatal configuration error).
+        fatal configuration error, and for a failed restore of a resource whose policy has
+        failover off; an escalated failure of such a resource fails no hierarchy at all).
     """
 
     at: float
