@@ -448,40 +448,52 @@ class Engine:
         """How many actions are running now."""
         return len(self._flights)
 
+    def resource_status(self, tag: str) -> ResourceStatus:
+        """One resource's status now, without a whole snapshot. Changes nothing.
+
+        :raises KeyError: no resource has this tag.
+        """
+        res = self._res[tag]
+        window_start = self._now - res.policy.recovery_limit.window
+        return ResourceStatus(
+            tag=tag,
+            kind=res.kind,
+            state=res.state,
+            reason=res.reason,
+            action=res.busy.command.action if res.busy else None,
+            last_check_at=res.last_check_at,
+            last_check=res.last_check,
+            fencing_required=res.fencing,
+            recent_recoveries=sum(1 for at in res.recoveries if at > window_start),
+            next_check_at=res.check_due,
+        )
+
+    def hierarchy_status(self, root: str) -> HierarchyStatus:
+        """One hierarchy's status now, without a whole snapshot. Changes nothing.
+
+        :raises KeyError: no hierarchy is named ``root``.
+        """
+        hier = self._hier[root]
+        top = self._res[root]
+        state, reason = top.state, top.reason
+        if hier.failed is not None and not state.in_service:
+            state, reason = State.OSF, hier.failed
+        return HierarchyStatus(
+            root=root,
+            state=state,
+            reason=reason,
+            wanted_in_service=hier.desired,
+            failed=hier.failed,
+        )
+
     def snapshot(self) -> EngineSnapshot:
         """A frozen picture of every resource and hierarchy. Changes nothing."""
-        resources = {}
-        for tag, res in self._res.items():
-            window_start = self._now - res.policy.recovery_limit.window
-            resources[tag] = ResourceStatus(
-                tag=tag,
-                kind=res.kind,
-                state=res.state,
-                reason=res.reason,
-                action=res.busy.command.action if res.busy else None,
-                last_check_at=res.last_check_at,
-                last_check=res.last_check,
-                fencing_required=res.fencing,
-                recent_recoveries=sum(1 for at in res.recoveries if at > window_start),
-                next_check_at=res.check_due,
-            )
-        hierarchies = {}
-        for root, hier in self._hier.items():
-            top = self._res[root]
-            state, reason = top.state, top.reason
-            if hier.failed is not None and not state.in_service:
-                state, reason = State.OSF, hier.failed
-            hierarchies[root] = HierarchyStatus(
-                root=root,
-                state=state,
-                reason=reason,
-                wanted_in_service=hier.desired,
-                failed=hier.failed,
-            )
         return EngineSnapshot(
             at=self._now,
-            resources=MappingProxyType(resources),
-            hierarchies=MappingProxyType(hierarchies),
+            resources=MappingProxyType({tag: self.resource_status(tag) for tag in self._res}),
+            hierarchies=MappingProxyType(
+                {root: self.hierarchy_status(root) for root in self._hier}
+            ),
             shutting_down=self._shutdown is not None,
             actions_in_flight=len(self._flights),
         )

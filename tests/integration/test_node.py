@@ -182,3 +182,33 @@ async def test_events_are_ordered_state_changes(tmp_path) -> None:
             node.request_in_service("web")
     assert seen[-1].tag == "web"
     assert {event.tag for event in seen[:2]} == {"db", "ip"}
+
+
+class FailingKit(MemoryKit):
+    kind = "failing"
+
+    async def restore(self, resource: Resource, ctx: ActionContext) -> Result:
+        if resource.tag == "ip":
+            return Result.hard_failure("no such interface")
+        return await super().restore(resource, ctx)
+
+
+@pytest.mark.parametrize("failover", [True, False])
+async def test_bring_in_service_reports_failure_without_waiting_out_a_timeout(
+    tmp_path, failover: bool
+) -> None:
+    kit = FailingKit()
+    policy = Policy(quickcheck_interval=5, failover=failover)
+    async with Node(
+        _model("failing", policy=policy), name="n1", kits=KitRegistry([kit]), state_dir=tmp_path
+    ) as node:
+        with anyio.fail_after(10):
+            assert not await node.bring_in_service("web")
+        snapshot = node.snapshot()
+        assert snapshot.resources["ip"].state is State.OSF
+        assert "no such interface" in snapshot.resources["ip"].reason
+        assert not snapshot.resources["web"].state.in_service
+        # Taking it out settles too, and leaves nothing in service.
+        with anyio.fail_after(10):
+            assert await node.take_out_of_service("web")
+    assert kit.running == set()
