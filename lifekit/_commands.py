@@ -15,8 +15,8 @@ from pathlib import Path
 import anyio
 
 from lifekit._cli import ExitCode
-from lifekit._runtime import Node
-from lifekit._runtime._control import control_request, serve_control
+from lifekit._runtime import EventsOverflowed, Node
+from lifekit._runtime._control import control_request, open_control_listener, serve_control
 from lifekit._runtime._logging import configure_logging
 from lifekit._runtime._tree import render_event, render_tree
 from lifekit.errors import ConfigError, ControlError
@@ -64,22 +64,31 @@ def cmd_up(args: argparse.Namespace) -> int:
     tree = not getattr(args, "no_tree", False) and sys.stdout.isatty()
 
     async def main() -> int:
-        async with (
-            Node(
-                config.model, name=name, state_dir=node_settings.state_dir, on_exit=on_exit
-            ) as node,
-            anyio.create_task_group() as group,
-        ):
-            await group.start(serve_control, node, socket_path)
-            for root in config.model.hierarchies:
-                if name in config.model.eligible_nodes(root):
-                    node.request_in_service(root)
-            group.start_soon(_show_tree if tree else _show_events, node)
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Claim the socket before the node starts: a second `lifekit up` must fail here,
+        # before it probes (and, on exit, takes out) what the first node runs.
+        listener = await open_control_listener(socket_path)
+        # Signals stay captured until the very end, so a second Ctrl-C during the take-out
+        # cannot kill the process half-way through a remove.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with (
+                Node(
+                    config.model,
+                    name=name,
+                    kits=config.kits,
+                    state_dir=node_settings.state_dir,
+                    on_exit=on_exit,
+                ) as node,
+                anyio.create_task_group() as group,
+            ):
+                group.start_soon(serve_control, node, listener)
+                for root in config.model.hierarchies:
+                    if name in config.model.eligible_nodes(root):
+                        node.request_in_service(root)
+                group.start_soon(_show_tree if tree else _show_events, node)
                 async for _ in signals:
                     print("stopping: taking hierarchies out of service…", file=sys.stderr)
                     break
-            group.cancel_scope.cancel()
+                group.cancel_scope.cancel()
         return OK
 
     try:
@@ -90,18 +99,24 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def _show_tree(node: Node) -> None:
+    # Twice a second, whatever happens: one status document per redraw, never per change.
     while True:
         text = render_tree(node.status(), colour=True)
         sys.stdout.write("\x1b[H\x1b[J" + text + "\n\n(Ctrl-C takes everything out of service)\n")
         sys.stdout.flush()
-        with anyio.move_on_after(0.5):
-            await node.wait_until(lambda _: False)
+        await anyio.sleep(0.5)
 
 
 async def _show_events(node: Node) -> None:
     start = anyio.current_time()
-    async for event in node.events():
-        print(render_event(event, since=start), flush=True)
+    while True:
+        try:
+            async for event in node.events():
+                print(render_event(event, since=start), flush=True)
+            return
+        except EventsOverflowed:
+            # The terminal could not keep up: say so and go on from the current events.
+            print("… events skipped: the output could not keep up …", flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

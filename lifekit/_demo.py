@@ -95,7 +95,27 @@ def _worker_pid(state_dir: Path) -> int:
 
 
 async def run_demo(fast: bool = False) -> int:
-    """Run the demo; return 0 when every step behaved as described."""
+    """Run the demo; return 0 when every step behaved as described, 130 if interrupted.
+
+    Ctrl-C is received as a signal, never as an exception inside the node, so an interrupted
+    demo still takes its applications out of service and leaves nothing running.
+    """
+    result = 130
+    async with anyio.create_task_group() as group:
+
+        async def interrupt() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    print("\ninterrupted: taking everything out of service…", flush=True)
+                    group.cancel_scope.cancel()
+
+        group.start_soon(interrupt)
+        result = await _demo(fast)
+        group.cancel_scope.cancel()
+    return result
+
+
+async def _demo(fast: bool) -> int:
     from lifekit._config import parse_config  # noqa: PLC0415 - keeps `import lifekit` light
 
     configure_logging(level="CRITICAL")  # the demo prints the events itself
@@ -116,6 +136,7 @@ async def run_demo(fast: bool = False) -> int:
                 _say("1. bring hierarchy 'web' in service: worker first, then web")
                 if not await node.bring_in_service("web", timeout=30):
                     print("the hierarchy failed to come in service", file=sys.stderr)
+                    group.cancel_scope.cancel()  # stop the event printer, or both wait
                     return 1
                 await _catch_up()
                 print(render_tree(node.status()), flush=True)

@@ -15,6 +15,8 @@ from lifekit._engine._engine import (
 )
 from lifekit._engine._messages import (
     ActionFinished,
+    ActionHeld,
+    ActionStarted,
     ActionTimedOut,
     CancelAction,
     Command,
@@ -43,6 +45,8 @@ from lifekit._engine._messages import (
 __all__ = [
     "TRANSITIONS",
     "ActionFinished",
+    "ActionHeld",
+    "ActionStarted",
     "ActionTimedOut",
     "CancelAction",
     "Command",

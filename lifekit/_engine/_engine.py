@@ -92,6 +92,8 @@ import attrs
 
 from lifekit._engine._messages import (
     ActionFinished,
+    ActionHeld,
+    ActionStarted,
     ActionTimedOut,
     CancelAction,
     Event,
@@ -355,11 +357,13 @@ class _Hier:
 
 
 class _Flight:
-    __slots__ = ("cancel", "command", "step")
+    __slots__ = ("cancel", "command", "deadline", "step")
 
-    def __init__(self, command: RunAction, step: Step) -> None:
+    def __init__(self, command: RunAction, step: Step, deadline: float) -> None:
         self.command = command
         self.step = step
+        #: When it times out; moved by ActionStarted (heap entries for older times are stale).
+        self.deadline = deadline
         #: Why it is being cancelled: a timeout reason (the result counts as that failure), or
         #: shutdown (the result is ignored). None while it runs normally.
         self.cancel: tuple[str, bool] | None = None
@@ -540,6 +544,17 @@ class Engine:
                 raise EngineUsageError(
                     f"cannot change hierarchy {event.root!r}: the node is shutting down"
                 )
+        elif isinstance(event, ActionHeld | ActionStarted):
+            command_id = event.command_id
+            if (
+                isinstance(command_id, bool)
+                or not isinstance(command_id, int)
+                or command_id not in self._flights
+            ):
+                raise EngineUsageError(
+                    f"no action with command id {command_id!r} is running; ActionHeld and "
+                    "ActionStarted are for a RunAction the runtime holds back"
+                )
         elif isinstance(event, ActionFinished):
             command_id = event.command_id
             if (
@@ -624,6 +639,14 @@ class Engine:
                     # service must not later be said to have gone out "on request".
                     res.out_reason = "taken out of service on request"
             self._touch_targets(hier.members)
+        elif isinstance(event, ActionHeld):
+            # No deadline while held: its old heap entry no longer matches and is skipped.
+            self._flights[event.command_id].deadline = math.inf
+        elif isinstance(event, ActionStarted):
+            flight = self._flights[event.command_id]
+            if flight.cancel is None:
+                flight.deadline = now + flight.command.timeout
+                heapq.heappush(self._deadlines, (flight.deadline, event.command_id))
         elif isinstance(event, ActionFinished):
             self._finished(event.command_id, event.result, now)
         else:
@@ -662,9 +685,9 @@ class Engine:
 
     def _on_timer(self, _event: object, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, command_id = heapq.heappop(self._deadlines)
+            deadline, command_id = heapq.heappop(self._deadlines)
             flight = self._flights.get(command_id)
-            if flight is None or flight.cancel is not None:
+            if flight is None or flight.cancel is not None or flight.deadline != deadline:
                 continue
             command = flight.command
             reason = f"{command.action.value} timed out after {command.timeout:g} s"
@@ -1003,12 +1026,12 @@ class Engine:
             probe=step is Step.PROBE,
         )
         self._next_id += 1
-        flight = _Flight(command, step)
+        flight = _Flight(command, step, now + command.timeout)
         res.busy = flight
         res.check_due = None
         self._refresh(res)
         self._flights[command.command_id] = flight
-        heapq.heappush(self._deadlines, (now + command.timeout, command.command_id))
+        heapq.heappush(self._deadlines, (flight.deadline, command.command_id))
         self._out.append(command)
 
     def _schedule_check(self, res: _Res, now: float) -> None:
@@ -1028,6 +1051,7 @@ class Engine:
         while self._deadlines and (
             (flight := self._flights.get(self._deadlines[0][1])) is None
             or flight.cancel is not None
+            or flight.deadline != self._deadlines[0][0]
         ):
             heapq.heappop(self._deadlines)
         while self._checks and self._res[self._checks[0][2]].check_due != self._checks[0][0]:

@@ -13,6 +13,8 @@ from lifekit._model import Action, Result, State
 
 __all__ = [
     "ActionFinished",
+    "ActionHeld",
+    "ActionStarted",
     "ActionTimedOut",
     "CancelAction",
     "Command",
@@ -78,6 +80,24 @@ class ActionFinished:
 
 
 @attrs.frozen
+class ActionHeld:
+    """The runtime could not start a :class:`RunAction` yet (too many are running).
+
+    Its timeout does not run until :class:`ActionStarted`: waiting for a slot is not the
+    kit's slowness. Optional: an action never held is timed from when the engine issued it.
+    """
+
+    command_id: int
+
+
+@attrs.frozen
+class ActionStarted:
+    """The runtime started a :class:`RunAction` it had held: its timeout counts from now."""
+
+    command_id: int
+
+
+@attrs.frozen
 class ShutdownRequested:
     """Stop monitoring; with ``take_out``, take every hierarchy out of service first.
 
@@ -89,7 +109,13 @@ class ShutdownRequested:
 
 
 Event = (
-    NodeStarted | InServiceRequested | OutOfServiceRequested | ActionFinished | ShutdownRequested
+    NodeStarted
+    | InServiceRequested
+    | OutOfServiceRequested
+    | ActionHeld
+    | ActionStarted
+    | ActionFinished
+    | ShutdownRequested
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from lifekit._engine import (
     ActionFinished,
+    ActionHeld,
+    ActionStarted,
     CancelAction,
     Engine,
     EngineSnapshot,
@@ -116,7 +118,8 @@ class Node:
     :param power: the one seam for drastic node actions (halt, reboot). The default refuses
         them: test nodes share one kernel.
     :param max_concurrent_actions: kit actions running at once, at most.
-    :param events_buffer: events a subscriber may lag behind before it is dropped.
+    :param events_buffer: events a subscriber may lag behind before it is dropped (default:
+        10,000, or four per resource if that is more).
     """
 
     def __init__(
@@ -131,7 +134,7 @@ class Node:
         on_exit: OnExit = "take_out",
         power: PowerControl | None = None,
         max_concurrent_actions: int = 64,
-        events_buffer: int = 10_000,
+        events_buffer: int | None = None,
     ) -> None:
         if on_exit not in ("take_out", "leave_running"):
             raise ConfigError(f"on_exit must be 'take_out' or 'leave_running', got {on_exit!r}")
@@ -152,7 +155,9 @@ class Node:
         self._max_running = max_concurrent_actions
         self._running = 0
         self._queued: deque[tuple[list[RunAction], anyio.CancelScope]] = deque()
-        self._events_buffer = events_buffer
+        # One engine step can publish several events per resource (a whole bring-up at
+        # once): a buffer smaller than that would drop even a subscriber that keeps up.
+        self._events_buffer = events_buffer or max(10_000, 4 * len(model.resources))
         self._engine = Engine(model)
         self._kits: KitRegistry | None = None
         self._opened: list[Kit] = []
@@ -174,11 +179,20 @@ class Node:
         # once _applied reaches the count at the time it queued it.
         self._sent = 0
         self._applied = 0
+        self._entered = False
+        self._stopping = False
+        # Restores, removes, recovers and probes running per hierarchy: a waiter for one
+        # hierarchy reads one counter instead of every member after every change.
+        self._busy = dict.fromkeys(model.hierarchies, 0)
+        self._busy_roots: dict[int, tuple[str, ...]] = {}
 
     # -----------------------------------------------------------------------------------------
     # Lifecycle
 
     async def __aenter__(self) -> Node:
+        if self._entered:
+            raise RuntimeError("a Node can be entered only once; create a new Node instead")
+        self._entered = True
         kits = self._kits_given
         if kits is None:
             # Scanning entry points and importing kit packages reads files: not on the loop.
@@ -228,6 +242,7 @@ class Node:
         group = self._group
         if group is None:
             raise RuntimeError("Node.__aexit__ without __aenter__")
+        self._stopping = True
         try:
             if self._engine_error is None:
                 take_out = self._on_exit == "take_out"
@@ -237,6 +252,10 @@ class Node:
                     await self._shutdown_done.wait()
             group.cancel_scope.cancel()
         finally:
+            # The body's own error goes back to the caller as it is: handing it to the task
+            # group would wrap it in an ExceptionGroup that `except ValueError` never matches.
+            if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                exc_type, exc, tb = None, None, None
             try:
                 await group.__aexit__(exc_type, exc, tb)
             finally:
@@ -276,6 +295,8 @@ class Node:
     def _send(self, event: Event, root: str) -> int:
         """Queue a request for the driver; return the ticket it will have when applied."""
         self._check_root(root)
+        if self._stopping:
+            raise LifekitError(f"the node is shutting down; it takes no more requests ({root!r})")
         if self._engine_error is not None:
             raise EngineFailed("this node's engine failed; it accepts no requests") from (
                 self._engine_error
@@ -303,8 +324,9 @@ class Node:
     ) -> bool:
         """Take ``root`` out of service and wait until the engine has nothing more to do for it.
 
-        :returns: ``True`` once nothing of it is in service here, ``False`` if a remove failed
-            (the resource may still be in service: fencing is required).
+        :returns: ``True`` once nothing of it is in service here; ``False`` if something still
+            is: a member shared with a hierarchy that stays in service, or one whose remove
+            failed (then its status says ``fencing_required``).
         :raises TimeoutError: it did not settle within ``timeout`` seconds.
         """
         ticket = self._send(OutOfServiceRequested(root, fenced=fenced), root)
@@ -326,20 +348,10 @@ class Node:
         periodic quickchecks (a remove that failed needs fencing, not time). Reads only the
         hierarchy's members: cheap for one hierarchy among 10,000 resources.
         """
-        members = self._model.hierarchies[root].members
-        status = self._engine.resource_status
-        skip = (Action.QUICKCHECK,)
+        busy = self._busy
 
         def settled(_: object) -> bool:
-            if self._applied < ticket:
-                return False
-            for tag in members:
-                current = status(tag)
-                if current.action is not None and not (
-                    current.action in skip and current.state is not State.UNKNOWN
-                ):
-                    return False
-            return True
+            return self._applied >= ticket and busy[root] == 0
 
         await self._wait(settled, timeout)
 
@@ -398,6 +410,11 @@ class Node:
     async def _wait(self, condition: Callable[[object], bool], timeout: float | None) -> None:
         with anyio.fail_after(timeout if timeout is not None else math.inf):
             while not condition(None):
+                if self._engine_error is not None:
+                    raise EngineFailed(
+                        "this node stopped acting on its resources; the condition can no "
+                        "longer come true"
+                    ) from self._engine_error
                 changed = self._changed
                 await changed.wait()
 
@@ -449,12 +466,15 @@ class Node:
                             break
                     outputs = []
                     for item in batch:
+                        if isinstance(item, ActionFinished):
+                            for root in self._busy_roots.pop(item.command_id, ()):
+                                self._busy[root] -= 1
                         try:
                             outputs += engine.handle(item, now)
                         except EngineUsageError as exc:
                             if not isinstance(item, ActionFinished):
-                                # A request the engine refuses (e.g. during shutdown)
-                                # changes nothing; say so and go on.
+                                # A request (or a late ActionStarted) the engine refuses,
+                                # e.g. during shutdown, changes nothing; say so and go on.
                                 _log.error("request refused: %s", exc)
                                 continue
                             # A result the engine cannot read: its action still needs its
@@ -471,15 +491,23 @@ class Node:
                     outputs += engine.handle_timer(now)
                     # Only requests hold tickets; action results are queued by the runtime.
                     self._applied += sum(
-                        1 for item in batch if not isinstance(item, ActionFinished)
+                        1 for item in batch if not isinstance(item, ActionFinished | ActionStarted)
                     )
                 else:
                     outputs = engine.handle_timer(now)
-                self._dispatch(outputs)
+                self._dispatch(outputs, now)
                 if engine.shutdown_completed:
                     self._shutdown_done.set()
         except EngineFailed as exc:
             await self._engine_failed(exc)
+        finally:
+            if not self._stopping and self._engine_error is None:
+                # Cancelled because another node task crashed (a kit raising SystemExit, say):
+                # this node can no longer act, so it says so to every waiter.
+                self._engine_error = LifekitError("the node's driver stopped unexpectedly")
+                self._end_streams()
+            self._shutdown_done.set()
+            self._notify_changed()
 
     async def _engine_failed(self, exc: EngineFailed) -> None:
         self._engine_error = exc.__cause__ or exc
@@ -490,20 +518,31 @@ class Node:
         )
         for scope in self._scopes.values():
             scope.cancel()
+        self._end_streams()
         self._shutdown_done.set()
         self._notify_changed()
         await self._power.engine_failed(str(self._engine_error))
 
-    def _dispatch(self, outputs: Sequence[object]) -> None:
+    def _end_streams(self) -> None:
+        for subscriber in tuple(self._subscribers):
+            subscriber.send.close()
+
+    def _dispatch(self, outputs: Sequence[object], now: float) -> None:
         batches: dict[tuple[str, float, bool], list[RunAction]] = {}
+        roots_of = self._model.roots_of
         for output in outputs:
             if isinstance(output, RunAction):
+                if output.action is not Action.QUICKCHECK or output.probe:
+                    roots = roots_of[output.tag]
+                    self._busy_roots[output.command_id] = roots
+                    for root in roots:
+                        self._busy[root] += 1
                 if output.action is Action.QUICKCHECK and self._batchable(output.kind):
                     batches.setdefault((output.kind, output.timeout, output.probe), []).append(
                         output
                     )
                 else:
-                    self._start([output])
+                    self._start([output], now)
             elif isinstance(output, CancelAction):
                 scope = self._scopes.get(output.command_id)
                 if scope is not None:
@@ -513,7 +552,7 @@ class Node:
         for commands in batches.values():
             if len(commands) > 1:
                 self._counters["batched"] += 1
-            self._start(commands)
+            self._start(commands, now)
         self._notify_changed()
 
     def _running_kits(self) -> KitRegistry:
@@ -531,7 +570,8 @@ class Node:
     def _publish(self, event: Notification) -> None:
         self._counters["published"] += 1
         _log_notification(event)
-        for subscriber in self._subscribers:
+        # A copy: an EventStream collected during the loop must not shift it under our feet.
+        for subscriber in tuple(self._subscribers):
             if subscriber.overflowed:
                 continue
             try:
@@ -540,11 +580,12 @@ class Node:
                 subscriber.overflowed = True
                 subscriber.send.close()
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                subscriber.overflowed = True
+                # Its reader went away: forget it.
+                self._subscribers.remove(subscriber)
         if isinstance(event, ShutdownCompleted):
             self._shutdown_done.set()
 
-    def _start(self, commands: list[RunAction]) -> None:
+    def _start(self, commands: list[RunAction], now: float) -> None:
         scope = anyio.CancelScope()
         for command in commands:
             self._scopes[command.command_id] = scope
@@ -555,10 +596,20 @@ class Node:
             self._spawn(commands, scope)
         else:
             self._queued.append((commands, scope))
+            # Said at once, in the driver: its timeout must not run while it waits.
+            for command in commands:
+                self._engine.handle(ActionHeld(command.command_id), now)
 
-    def _spawn(self, commands: list[RunAction], scope: anyio.CancelScope) -> None:
+    def _spawn(
+        self, commands: list[RunAction], scope: anyio.CancelScope, *, held: bool = False
+    ) -> None:
         if self._group is None:
             raise RuntimeError("the node is not running: use `async with Node(...)` first")
+        if held:
+            # Waiting for a slot is not the kit's slowness: its timeout starts now.
+            for command in commands:
+                with suppress(anyio.ClosedResourceError):
+                    self._inbox_send.send_nowait(ActionStarted(command.command_id))
         self._running += 1
         self._counters["started"] += len(commands)
         self._group.start_soon(self._run_action, commands, scope)
@@ -572,7 +623,7 @@ class Node:
         finally:
             self._running -= 1
             if self._queued:
-                self._spawn(*self._queued.popleft())
+                self._spawn(*self._queued.popleft(), held=True)
             for command in commands:
                 self._scopes.pop(command.command_id, None)
                 result = results.get(command.tag)
@@ -627,9 +678,11 @@ class Node:
         except ConfigError as exc:
             log.error("%s: configuration error: %s", first.action.value, exc)  # noqa: TRY400
             return dict.fromkeys((c.tag for c in commands), Result.fatal(str(exc)))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             # The one broad catch: whatever a kit raises becomes a failure of that action, so
-            # a kit bug can fail its resource but never the node. Cancellation is not caught.
+            # a kit bug can fail its resource but never the node. SystemExit too: a library
+            # calling sys.exit() would otherwise escape asyncio's loop and end the process.
+            # Cancellation and KeyboardInterrupt are not caught.
             log.exception("%s raised", first.action.value)
             return dict.fromkeys(
                 (c.tag for c in commands), Result.soft_failure(f"kit raised {exc!r}")
@@ -672,6 +725,11 @@ class EventStream:
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             overflowed = self._subscriber.overflowed
             self.close()
+            error = self._node._engine_error
+            if error is not None:
+                raise EngineFailed(
+                    "the node stopped acting on its resources; no more events will come"
+                ) from error
             if overflowed:
                 raise EventsOverflowed(
                     f"an events() subscriber fell more than {self._node._events_buffer} "
@@ -706,7 +764,10 @@ class EventStream:
         self._receive.close()
 
     def __del__(self) -> None:
-        self.close()
+        # Only close the streams: the garbage collector may run this in the middle of
+        # _publish, which then forgets the closed subscriber itself.
+        self._subscriber.send.close()
+        self._receive.close()
 
 
 def _log_notification(event: Notification) -> None:
@@ -734,8 +795,6 @@ def _log_notification(event: Notification) -> None:
 
 
 def _default_state_dir(name: str) -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/lifekit") / name
-    import tempfile  # noqa: PLC0415 - only needed for unprivileged use
+    from lifekit._config import default_state_dir  # noqa: PLC0415 - one definition of it
 
-    return Path(tempfile.gettempdir()) / f"lifekit-{os.getuid()}" / name
+    return default_state_dir(name)
