@@ -181,6 +181,7 @@ class Node:
         self._applied = 0
         self._entered = False
         self._stopping = False
+        self._driver_scope = anyio.CancelScope()
         # Restores, removes, recovers and probes running per hierarchy: a waiter for one
         # hierarchy reads one counter instead of every member after every change.
         self._busy = dict.fromkeys(model.hierarchies, 0)
@@ -250,6 +251,9 @@ class Node:
                 self._inbox_send.send_nowait(ShutdownRequested(take_out=take_out))
                 with anyio.CancelScope(shield=True):
                     await self._shutdown_done.wait()
+            self._driver_scope.cancel()
+            for scope in self._scopes.values():
+                scope.cancel()
             group.cancel_scope.cancel()
         finally:
             # The body's own error goes back to the caller as it is: handing it to the task
@@ -450,64 +454,70 @@ class Node:
         engine = self._engine
         inbox = self._inbox
         try:
-            while True:
-                deadline = engine.next_deadline()
-                event: Event | None = None
-                with anyio.CancelScope(deadline=deadline if deadline is not None else math.inf):
-                    event = await inbox.receive()
-                now = anyio.current_time()
-                if event is not None:
-                    batch = [event]
-                    # Drain what is already queued so one engine pass handles a burst.
-                    while True:
-                        try:
-                            batch.append(inbox.receive_nowait())
-                        except anyio.WouldBlock:
-                            break
-                    outputs = []
-                    for item in batch:
-                        if isinstance(item, ActionFinished):
-                            for root in self._busy_roots.pop(item.command_id, ()):
-                                self._busy[root] -= 1
-                        try:
-                            outputs += engine.handle(item, now)
-                        except EngineUsageError as exc:
-                            if not isinstance(item, ActionFinished):
-                                # A request (or a late ActionStarted) the engine refuses,
-                                # e.g. during shutdown, changes nothing; say so and go on.
-                                _log.error("request refused: %s", exc)
-                                continue
-                            # A result the engine cannot read: its action still needs its
-                            # one answer, or the resource would stay busy for ever.
-                            _log.error("kit result refused, counted as a failure: %s", exc)
-                            substitute = Result.soft_failure(f"invalid kit result: {exc}")
-                            try:
-                                outputs += engine.handle(
-                                    ActionFinished(item.command_id, substitute), now
-                                )
-                            except EngineUsageError as again:
-                                # Not a bad result but a bad id: nothing waits on it.
-                                _log.error("action result dropped: %s", again)
-                    outputs += engine.handle_timer(now)
-                    # Only requests hold tickets; action results are queued by the runtime.
-                    self._applied += sum(
-                        1 for item in batch if not isinstance(item, ActionFinished | ActionStarted)
-                    )
-                else:
-                    outputs = engine.handle_timer(now)
-                self._dispatch(outputs, now)
-                if engine.shutdown_completed:
-                    self._shutdown_done.set()
+            # Shielded: cancelling the code around `async with Node` must not stop the node
+            # before __aexit__ has taken its hierarchies out. __aexit__ cancels this scope.
+            with anyio.CancelScope(shield=True) as self._driver_scope:
+                await self._drive_loop(engine, inbox)
         except EngineFailed as exc:
             await self._engine_failed(exc)
         finally:
             if not self._stopping and self._engine_error is None:
-                # Cancelled because another node task crashed (a kit raising SystemExit, say):
-                # this node can no longer act, so it says so to every waiter.
+                # It ended on its own: this node can no longer act, so it says so to every
+                # waiter and subscriber.
                 self._engine_error = LifekitError("the node's driver stopped unexpectedly")
                 self._end_streams()
             self._shutdown_done.set()
             self._notify_changed()
+
+    async def _drive_loop(self, engine: Engine, inbox: MemoryObjectReceiveStream[Event]) -> None:
+        while True:
+            deadline = engine.next_deadline()
+            event: Event | None = None
+            with anyio.CancelScope(deadline=deadline if deadline is not None else math.inf):
+                event = await inbox.receive()
+            now = anyio.current_time()
+            if event is not None:
+                batch = [event]
+                # Drain what is already queued so one engine pass handles a burst.
+                while True:
+                    try:
+                        batch.append(inbox.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                outputs = []
+                for item in batch:
+                    if isinstance(item, ActionFinished):
+                        for root in self._busy_roots.pop(item.command_id, ()):
+                            self._busy[root] -= 1
+                    try:
+                        outputs += engine.handle(item, now)
+                    except EngineUsageError as exc:
+                        if not isinstance(item, ActionFinished):
+                            # A request (or a late ActionStarted) the engine refuses,
+                            # e.g. during shutdown, changes nothing; say so and go on.
+                            _log.error("request refused: %s", exc)
+                            continue
+                        # A result the engine cannot read: its action still needs its
+                        # one answer, or the resource would stay busy for ever.
+                        _log.error("kit result refused, counted as a failure: %s", exc)
+                        substitute = Result.soft_failure(f"invalid kit result: {exc}")
+                        try:
+                            outputs += engine.handle(
+                                ActionFinished(item.command_id, substitute), now
+                            )
+                        except EngineUsageError as again:
+                            # Not a bad result but a bad id: nothing waits on it.
+                            _log.error("action result dropped: %s", again)
+                outputs += engine.handle_timer(now)
+                # Only requests hold tickets; action results are queued by the runtime.
+                self._applied += sum(
+                    1 for item in batch if not isinstance(item, ActionFinished | ActionStarted)
+                )
+            else:
+                outputs = engine.handle_timer(now)
+            self._dispatch(outputs, now)
+            if engine.shutdown_completed:
+                self._shutdown_done.set()
 
     async def _engine_failed(self, exc: EngineFailed) -> None:
         self._engine_error = exc.__cause__ or exc
@@ -586,7 +596,9 @@ class Node:
             self._shutdown_done.set()
 
     def _start(self, commands: list[RunAction], now: float) -> None:
-        scope = anyio.CancelScope()
+        # Shielded like the driver: only CancelAction, an engine failure or the node's final
+        # exit cancel an action, never the caller's own cancellation.
+        scope = anyio.CancelScope(shield=True)
         for command in commands:
             self._scopes[command.command_id] = scope
         # At most max_concurrent_actions tasks exist; the rest wait here as plain data rather

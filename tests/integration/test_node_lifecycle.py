@@ -202,3 +202,16 @@ async def test_a_request_that_blows_up_the_parser_does_not_stop_the_server(
             status = await anyio.to_thread.run_sync(_ask, path, b'{"op": "status"}\n')
             assert status["ok"] is True
             group.cancel_scope.cancel()
+
+
+async def test_cancelling_the_caller_still_takes_everything_out(tmp_path: Path) -> None:
+    # Ctrl-C in a program embedding a node, or a timeout around it: the node's own tasks must
+    # outlive that cancellation long enough to take its hierarchies out.
+    kit = SlowKit(delay=0.05)
+    with anyio.move_on_after(1.0) as scope:
+        async with Node(_flat(3), name="n1", kits=KitRegistry([kit]), state_dir=tmp_path) as n:
+            for root in ("r0", "r1", "r2"):
+                assert await n.bring_in_service(root, timeout=10)
+            await anyio.sleep(30)
+    assert scope.cancelled_caught
+    assert kit.running == set()
