@@ -129,3 +129,43 @@ def test_demo_shows_detection_recovery_and_escalation() -> None:
     assert "recovery limit reached (2 recoveries within 60 s)" in result.stdout
     assert "RecoveryLimitReached" in result.stdout
     assert "HierarchyFailed" in result.stdout
+
+
+def test_a_second_up_on_the_same_socket_leaves_the_first_node_alone(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG.format(state=state))
+    socket_path = tmp_path / "run" / "lifekit.sock"
+    first = subprocess.Popen(
+        [*LIFEKIT, "up", str(config), "--no-tree", "--socket", str(socket_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            _, document = _status(socket_path)
+            if document and document["hierarchies"][0]["state"] == "ISP":
+                break
+            time.sleep(0.2)
+        pids = [json.loads((state / f"{t}.pid").read_text())["pid"] for t in ("worker", "front")]
+        second = subprocess.run(
+            [*LIFEKIT, "up", str(config), "--no-tree", "--socket", str(socket_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2
+        assert "already serves" in second.stderr
+        assert all(_alive(pid) for pid in pids), "the second node disturbed the first"
+        _, document = _status(socket_path)
+        assert document is not None
+        assert all(r["recent_recoveries"] == 0 for r in document["hierarchies"][0]["resources"])
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
