@@ -182,6 +182,7 @@ class Node:
         self._entered = False
         self._stopping = False
         self._driver_scope = anyio.CancelScope()
+        self._contexts: dict[tuple[str | None, str, float, bool], ActionContext] = {}
         # Restores, removes, recovers and probes running per hierarchy: a waiter for one
         # hierarchy reads one counter instead of every member after every change.
         self._busy = dict.fromkeys(model.hierarchies, 0)
@@ -657,16 +658,20 @@ class Node:
         first = commands[0]
         kit = self._running_kits().get(first.kind)
         resources = self._model.resources
-        log = logging.LoggerAdapter(
-            _kit_log, {"tag": first.tag if len(commands) == 1 else first.kind}
-        )
-        ctx = ActionContext(
-            node=node_context,
-            tag=first.tag if len(commands) == 1 else None,
-            timeout=first.timeout,
-            probe=first.probe,
-            log=log,
-        )
+        tag = first.tag if len(commands) == 1 else None
+        # Contexts are immutable and few (per tag, timeout and probe flag): made once each,
+        # not once per quickcheck.
+        key = (tag, first.kind, first.timeout, first.probe)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = ActionContext(
+                node=node_context,
+                tag=tag,
+                timeout=first.timeout,
+                probe=first.probe,
+                log=logging.LoggerAdapter(_kit_log, {"tag": tag or first.kind}),
+            )
+        log = ctx.log
         try:
             if len(commands) > 1:
                 results = await kit.quickcheck_many([resources[c.tag] for c in commands], ctx)
