@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from lifekit import Node, RecoveryStarted, State, parse_config
+from tests.fixtures.support import alive
 
 pytestmark = pytest.mark.anyio
 
@@ -41,14 +42,6 @@ def _pid(state: Path, tag: str) -> int:
     return int(json.loads((state / f"{tag}.pid").read_text())["pid"])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 async def test_kill_recover_then_escalate(tmp_path: Path) -> None:
     config = parse_config(CONFIG, source="<test>")
     started: list[int] = []
@@ -71,7 +64,7 @@ async def test_kill_recover_then_escalate(tmp_path: Path) -> None:
                     # Functional bound with generous slack: within 5 quickcheck intervals
                     # plus the restart itself.
                     assert anyio.current_time() - killed_at < 5 * INTERVAL + 2.0
-                    assert _alive(_pid(tmp_path, "worker"))
+                    assert alive(_pid(tmp_path, "worker"))
                     assert snapshot.resources["front"].state is State.ISP
                 front_pid = _pid(tmp_path, "front")
                 started += [_pid(tmp_path, "worker"), front_pid]
@@ -87,13 +80,11 @@ async def test_kill_recover_then_escalate(tmp_path: Path) -> None:
                 reason = snapshot.resources["worker"].reason
                 assert "recovery limit reached (2 recoveries within 60 s)" in reason
                 assert snapshot.hierarchies["front"].state is State.OSF
-                assert not _alive(front_pid), "escalation left the parent running"
+                assert not alive(front_pid), "escalation left the parent running"
                 # No further attempt: nothing restarts it, however long we wait.
                 await anyio.sleep(5 * INTERVAL)
                 assert node.snapshot().resources["worker"].state is State.OSF
-                assert not (tmp_path / "worker.pid").exists() or not _alive(
-                    _pid(tmp_path, "worker")
-                )
+                assert not (tmp_path / "worker.pid").exists() or not alive(_pid(tmp_path, "worker"))
                 recoveries = []
                 while True:
                     try:
@@ -105,5 +96,5 @@ async def test_kill_recover_then_escalate(tmp_path: Path) -> None:
                 assert [event.attempt for event in recoveries] == [1, 2]
     finally:
         for pid in started:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)

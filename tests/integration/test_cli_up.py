@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.support import alive
+
 LIFEKIT = [sys.executable, "-m", "lifekit._cli"]
 
 CONFIG = """
@@ -46,14 +48,6 @@ def _status(socket_path: Path) -> tuple[int, dict | None]:
     return result.returncode, json.loads(result.stdout) if result.returncode in (0, 4) else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_up_serves_status_and_ctrl_c_takes_everything_out(tmp_path: Path) -> None:
     state = tmp_path / "state"
     config = tmp_path / "node.toml"
@@ -82,11 +76,11 @@ def test_up_serves_status_and_ctrl_c_takes_everything_out(tmp_path: Path) -> Non
         pids.extend(
             json.loads((state / f"{tag}.pid").read_text())["pid"] for tag in ("worker", "front")
         )
-        assert all(_alive(pid) for pid in pids)
+        assert all(alive(pid) for pid in pids)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
-        assert not any(_alive(pid) for pid in pids), "Ctrl-C left an application running"
+        assert not any(alive(pid) for pid in pids), "Ctrl-C left an application running"
         assert not socket_path.exists()
         assert "front" in out  # the event lines name the resources
     finally:
@@ -94,7 +88,7 @@ def test_up_serves_status_and_ctrl_c_takes_everything_out(tmp_path: Path) -> Non
             process.kill()
             process.wait()
         for pid in pids:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -159,7 +153,7 @@ def test_a_second_up_on_the_same_socket_leaves_the_first_node_alone(tmp_path: Pa
         )
         assert second.returncode == 2
         assert "already serves" in second.stderr
-        assert all(_alive(pid) for pid in pids), "the second node disturbed the first"
+        assert all(alive(pid) for pid in pids), "the second node disturbed the first"
         _, document = _status(socket_path)
         assert document is not None
         assert all(r["recent_recoveries"] == 0 for r in document["hierarchies"][0]["resources"])
@@ -167,5 +161,5 @@ def test_a_second_up_on_the_same_socket_leaves_the_first_node_alone(tmp_path: Pa
         first.send_signal(signal.SIGINT)
         first.wait(timeout=60)
         for pid in pids:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)

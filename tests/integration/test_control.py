@@ -12,12 +12,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lifekit import Outcome, Policy, Resource, Result, State, build_model
+from lifekit import Policy, Resource, Result, State, build_model
 from lifekit._registry import KitRegistry
 from lifekit._runtime import Node, RecordingPowerControl
 from lifekit._runtime._control import MAX_REQUEST, control_request, serve_control
 from lifekit.errors import ControlError
 from lifekit.kit import ActionContext, Kit
+from tests.fixtures.support import exploding_result
 
 pytestmark = pytest.mark.anyio
 
@@ -42,21 +43,6 @@ class FlagKit(Kit):
         if self.broken_result is not None:
             return self.broken_result
         return Result.ok() if resource.tag in self.up else Result.not_running()
-
-
-class _ExplodingResult(Result):
-    """Valid when made; once armed, reading its reason raises (stands in for an engine bug)."""
-
-    def __getattribute__(self, name: str) -> object:
-        if name == "reason" and object.__getattribute__(self, "__dict__").get("armed"):
-            raise RuntimeError("boom")
-        return super().__getattribute__(name)
-
-
-def _exploding() -> Result:
-    result = _ExplodingResult(Outcome.NOT_RUNNING)
-    object.__setattr__(result, "armed", True)
-    return result
 
 
 def _model():
@@ -195,7 +181,7 @@ async def test_engine_failure_stops_the_node_and_reaches_the_power_seam(tmp_path
         assert await node.bring_in_service("b", timeout=10)
         # A result that blows up inside the engine (its reason raises when read) stands in
         # for an engine bug: the engine must poison itself and the node stop acting.
-        kit.broken_result = _exploding()
+        kit.broken_result = exploding_result()
         await node.wait_until(lambda s: bool(power.requests), timeout=10)
         with pytest.raises(Exception, match="engine failed"):
             node.request_out_of_service("b")

@@ -9,11 +9,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lifekit import Node, Outcome, Policy, Resource, Result, State, Timeouts, build_model
+from lifekit import Node, Policy, Resource, Result, State, Timeouts, build_model
 from lifekit._registry import KitRegistry
 from lifekit._runtime._control import MAX_REQUEST, open_control_listener, serve_control
 from lifekit.errors import ControlError, EngineFailed, LifekitError
 from lifekit.kit import ActionContext, Kit
+from tests.fixtures.support import exploding_result
 
 pytestmark = pytest.mark.anyio
 
@@ -41,17 +42,8 @@ class SlowKit(Kit):
         if self.explode:
             raise self.explode
         if self.poison:
-            result = _Exploding(Outcome.NOT_RUNNING)
-            object.__setattr__(result, "armed", True)
-            return result
+            return exploding_result()
         return Result.ok() if resource.tag in self.running else Result.not_running()
-
-
-class _Exploding(Result):
-    def __getattribute__(self, name: str) -> object:
-        if name == "reason" and object.__getattribute__(self, "__dict__").get("armed"):
-            raise RuntimeError("boom")
-        return super().__getattribute__(name)
 
 
 def _flat(count: int, policy: Policy | None = None):
