@@ -13,16 +13,21 @@ flight and checks, after every step:
   probing (it then takes the parent out, which the drain rule checks);
 * ``next_deadline()`` is exactly the earliest uncancelled action deadline or quickcheck, is in
   the future, and nothing happens before it;
-* bad input raises ``EngineUsageError`` and changes nothing; valid input never poisons it;
+* an action the runtime holds (``ActionHeld``) is never timed out while held (a shutdown may
+  still cancel it) and gives ``next_deadline()`` no time; once started (``ActionStarted``, at a
+  later time) it times out at its start plus its timeout, not before and not after;
+* bad input raises ``EngineUsageError`` and changes nothing (this includes ``ActionHeld`` and
+  ``ActionStarted`` for a finished or unknown id); valid input never poisons it;
 * after draining every action without time passing, the node is quiescent and settled.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -35,6 +40,8 @@ from hypothesis.stateful import (
 from lifekit._engine import (
     TRANSITIONS,
     ActionFinished,
+    ActionHeld,
+    ActionStarted,
     ActionTimedOut,
     CancelAction,
     Effect,
@@ -65,10 +72,18 @@ class Flight:
     issued_at: float
     #: ``"timeout"`` or ``"shutdown"`` once the engine cancelled it.
     cancelled: str | None = None
+    #: The runtime reported it held (waiting for a slot): its timeout does not run.
+    held: bool = False
+    #: When the runtime reported it started after being held (its timeout runs from then).
+    started_at: float | None = None
 
     @property
     def deadline(self) -> float:
-        return self.issued_at + self.command.timeout
+        """When the engine must time it out: never while held."""
+        if self.held:
+            return math.inf
+        start = self.issued_at if self.started_at is None else self.started_at
+        return start + self.command.timeout
 
     @property
     def step(self) -> Step:
@@ -102,6 +117,9 @@ class EngineMachine(RuleBasedStateMachine):
         #: Whether a resource's last result left it running and healthy enough to build on.
         self.maybe_up: dict[str, bool] = {}
         self.fenced: dict[str, bool] = {}
+        #: Like a runtime with this many slots, hold each new action while that many run
+        #: (``None``: hold only when the hold rule says so).
+        self.slots: int | None = None
 
     # -----------------------------------------------------------------------------------------
     # Set-up and helpers
@@ -114,10 +132,14 @@ class EngineMachine(RuleBasedStateMachine):
         self.fenced = dict.fromkeys(model.hierarchies, False)
         # Most runs start the node and answer its probes at once, so that their steps go to
         # what comes after; the others leave probing, and requests before it, to the rules.
-        if data.draw(st.sampled_from([True, True, False]), label="start at once"):
+        at_once = data.draw(st.sampled_from([True, True, False]), label="start at once")
+        if at_once:
             self.start()
             for command_id in sorted(self.inflight):
                 self.finish(command_id, data.draw(results(probe=True), label="probe result"))
+        # Drawn after the probes answered at once: those stand for a start that went well.
+        self.slots = data.draw(st.sampled_from([None, 1, 2]), label="slots")
+        if at_once:
             roots = sorted(model.hierarchies)
             for root in data.draw(st.lists(st.sampled_from(roots), unique=True), label="in"):
                 self.request(root)
@@ -165,12 +187,26 @@ class EngineMachine(RuleBasedStateMachine):
                 assert flight.cancelled is None, f"cancelled twice: {output}"
                 flight.cancelled = "timeout" if cause == "timer" else "shutdown"
                 if cause == "timer":
-                    assert flight.deadline <= self.now, output
+                    assert not flight.held, f"held action timed out: {output} {flight}"
+                    assert flight.deadline <= self.now, (output, flight, self.now)
                 else:
                     assert cause == "shutdown", output
                     assert flight.command.action is Action.QUICKCHECK, output
             elif isinstance(output, ActionTimedOut):
                 assert cause == "timer", output
+                (flight,) = [f for f in self.inflight.values() if f.command.tag == output.tag]
+                assert not flight.held, f"held action timed out: {output} {flight}"
+                assert flight.cancelled is None, f"timed out twice: {output} {flight}"
+                assert flight.deadline <= self.now, (output, flight, self.now)
+                assert output.action is flight.command.action, (output, flight)
+                assert output.timeout == flight.command.timeout, (output, flight)
+                if flight.started_at is not None:
+                    event("an action timed out after a held start")
+                # The CancelAction for it follows in the same batch.
+                assert any(
+                    isinstance(o, CancelAction) and o.command_id == flight.command.command_id
+                    for o in outputs
+                ), (output, outputs)
             elif isinstance(output, ShutdownCompleted):
                 assert self.shutdown is not None, output
                 assert not self.shutdown_done, output
@@ -191,6 +227,23 @@ class EngineMachine(RuleBasedStateMachine):
                 for parent in self.model.parents[tag]:
                     assert resources[parent].state in OUT_OF_SERVICE, (command, resources[parent])
                     assert parent not in busy, (command, busy[parent].command)
+        if self.slots is not None:
+            for command in issued:
+                # A cancelled action keeps its slot until its task ends (its result comes).
+                running = [f for f in self.inflight.values() if not f.held]
+                if len(running) > self.slots:
+                    self.hold(command.command_id)
+
+    def hold(self, command_id: int) -> None:
+        """Report an action held, and check that its timeout stopped and nothing else moved."""
+        due = self.engine.next_deadline()
+        outputs = self.call(ActionHeld(command_id))
+        # Holding only stops a clock: nothing is decided, nothing else changes.
+        assert outputs == [], outputs
+        self.inflight[command_id].held = True
+        after = self.engine.next_deadline()
+        assert after is None or after >= self.now, after
+        assert due is None or after is None or after >= due, (due, after)
 
     def finish(self, command_id: int, result: Result) -> None:
         flight = self.inflight[command_id]
@@ -259,25 +312,80 @@ class EngineMachine(RuleBasedStateMachine):
         probed = sorted(o.tag for o in outputs if isinstance(o, RunAction))
         assert probed == sorted(self.model.resources)
 
+    def running(self) -> list[int]:
+        """Ids a runtime could answer: not held, or held and cancelled (never to start)."""
+        return sorted(i for i, f in self.inflight.items() if not f.held or f.cancelled)
+
     @precondition(lambda self: self.inflight)
     @rule(data=st.data())
     def finish_one(self, data: st.DataObject) -> None:
+        # Any action, even one held and never started: the engine must not depend on the
+        # runtime starting what it held before answering it.
         command_id = data.draw(st.sampled_from(sorted(self.inflight)), label="command id")
         self.finish(command_id, data.draw(results(), label="result"))
 
-    @precondition(lambda self: self.inflight)
+    @precondition(lambda self: self.running())
     @rule(result=results())
     def finish_oldest(self, result: Result) -> None:
         # Rules are picked uniformly: a second way to answer makes answers come often enough
         # for long chains of actions (restore, check, recover, escalate, remove) to happen.
-        self.finish(min(self.inflight), result)
+        # Held actions wait for start_held, as a runtime's would, so that rule gets to run.
+        self.finish(min(self.running()), result)
 
-    @precondition(lambda self: self.inflight)
+    @precondition(lambda self: self.running())
     @rule(data=st.data())
     def finish_all(self, data: st.DataObject) -> None:
-        """Answer everything in flight now, in a random order (what one batch could bring)."""
-        for command_id in data.draw(st.permutations(sorted(self.inflight)), label="order"):
+        """Answer everything running now, in a random order (what one batch could bring)."""
+        for command_id in data.draw(st.permutations(self.running()), label="order"):
             self.finish(command_id, data.draw(results(), label="result"))
+
+    @precondition(lambda self: any(not f.held for f in self.inflight.values()))
+    @rule(data=st.data())
+    def hold_some(self, data: st.DataObject) -> None:
+        """The runtime has no slot for some actions yet: their timeouts must stop running.
+
+        A runtime says so as it queues a new action; here any action in flight may be held,
+        even one running for a while or already cancelled, so a late report must be harmless.
+        """
+        unheld = sorted(i for i, f in self.inflight.items() if not f.held)
+        for command_id in data.draw(
+            st.lists(st.sampled_from(unheld), min_size=1, unique=True), label="held ids"
+        ):
+            self.hold(command_id)
+
+    @precondition(lambda self: any(f.held for f in self.inflight.values()))
+    @rule(data=st.data(), wait=st.sampled_from([0.0, 0.5, 3.0, 30.0]), hang=st.booleans())
+    def start_held(self, data: st.DataObject, wait: float, *, hang: bool) -> None:
+        """Some time later the runtime starts a held action: its timeout runs from now.
+
+        With ``hang``, the kit then never answers: time runs to just before the new deadline
+        (no timeout yet), then to it (timed out exactly then).
+        """
+        command_id = data.draw(
+            st.sampled_from(sorted(i for i, f in self.inflight.items() if f.held)),
+            label="started id",
+        )
+        # Time passes the way the runtime moves it: through the timer, so that whatever else
+        # fell due meanwhile is handled (and the held action must not be among it).
+        self.advance_to(self.now + wait)
+        flight = self.inflight[command_id]
+        assert flight.held, flight
+        outputs = self.call(ActionStarted(command_id))
+        assert outputs == [], outputs
+        event(f"held action started ({'cancelled' if flight.cancelled else 'running'})")
+        flight.held = False
+        flight.started_at = self.now
+        if flight.cancelled is None:
+            assert flight.deadline == self.now + flight.command.timeout
+            due = self.engine.next_deadline()
+            assert due is not None, flight
+            assert due <= flight.deadline, (due, flight)
+        if hang and flight.cancelled is None:
+            deadline = flight.deadline
+            self.advance_to(deadline - 0.125)  # timeouts are at least 1 s
+            assert flight.cancelled is None, flight
+            self.advance_to(deadline)
+            assert flight.cancelled == "timeout", flight
 
     @rule(step=st.sampled_from([0.0, 0.25, 1.0, 2.0, 5.0, 30.0]))
     def advance(self, step: float) -> None:
@@ -327,6 +435,11 @@ class EngineMachine(RuleBasedStateMachine):
         budget = 12 * len(self.model.resources) + 12
         while self.inflight:
             command_id = min(self.inflight)
+            flight = self.inflight[command_id]
+            if flight.held and not flight.cancelled:
+                # A slot came free: start it (its timeout begins) and answer it at once.
+                assert self.call(ActionStarted(command_id)) == []
+                flight.held, flight.started_at = False, self.now
             action = self.inflight[command_id].command.action
             if fail_restores and action is Action.RESTORE:
                 result = Result.soft_failure("cannot start")
@@ -384,6 +497,15 @@ class EngineMachine(RuleBasedStateMachine):
             ("event", OutOfServiceRequested("no-such-root")),
             ("event", ActionFinished(10_000_000, Result.ok())),
             ("event", ActionFinished(-1, Result.ok())),
+            ("event", ActionHeld(10_000_000)),
+            ("event", ActionStarted(10_000_000)),
+            ("event", ActionHeld(0)),
+            ("event", ActionStarted(-1)),
+            # Not ids, though equal to one (True == 1, 1.0 == 1) as dict keys.
+            ("event", ActionHeld(True)),
+            ("event", ActionStarted(True)),
+            ("event", ActionStarted(1.0)),  # type: ignore[arg-type]
+            ("event", ActionHeld("1")),  # type: ignore[arg-type]
             ("event", "not an event"),
             ("event", InServiceRequested(["not", "a", "tag"])),  # type: ignore[arg-type]
             ("event", OutOfServiceRequested(root, fenced="yes")),  # type: ignore[arg-type]
@@ -391,9 +513,13 @@ class EngineMachine(RuleBasedStateMachine):
             ("timer", float("inf")),
         ]
         if self.answered:
-            choices.append(("event", ActionFinished(min(self.answered), Result.ok())))
+            done = data.draw(st.sampled_from(sorted(self.answered)), label="finished id")
+            choices.append(("event", ActionFinished(done, Result.ok())))
+            # A finished action can be neither held nor started, even one that was held.
+            choices.append(("event", ActionHeld(done)))
+            choices.append(("event", ActionStarted(done)))
         if self.inflight:
-            choices.append(("event", ActionFinished(min(self.inflight), "ok")))
+            choices.append(("event", ActionFinished(min(self.inflight), "ok")))  # type: ignore[arg-type]
         if self.started or self.shutdown is not None:
             choices.append(("event", NodeStarted()))
         if self.shutdown is not None:
@@ -454,7 +580,8 @@ class EngineMachine(RuleBasedStateMachine):
             return
         snapshot = self.snapshot()
         due = self.engine.next_deadline()
-        times = [f.deadline for f in self.inflight.values() if f.cancelled is None]
+        # A held action has no deadline at all (not one at or before now).
+        times = [f.deadline for f in self.inflight.values() if f.cancelled is None and not f.held]
         checks = [s.next_check_at for s in snapshot.resources.values()]
         times += [at for at in checks if at is not None]
         assert due == (min(times) if times else None), (due, times)
