@@ -357,13 +357,15 @@ class _Hier:
 
 
 class _Flight:
-    __slots__ = ("cancel", "command", "deadline", "step")
+    __slots__ = ("cancel", "command", "deadline", "held", "step")
 
     def __init__(self, command: RunAction, step: Step, deadline: float) -> None:
         self.command = command
         self.step = step
         #: When it times out; moved by ActionStarted (heap entries for older times are stale).
         self.deadline = deadline
+        #: Between ActionHeld and ActionStarted: waiting for a runtime slot, no deadline.
+        self.held = False
         #: Why it is being cancelled: a timeout reason (the result counts as that failure), or
         #: shutdown (the result is ignored). None while it runs normally.
         self.cancel: tuple[str, bool] | None = None
@@ -555,6 +557,15 @@ class Engine:
                     f"no action with command id {command_id!r} is running; ActionHeld and "
                     "ActionStarted are for a RunAction the runtime holds back"
                 )
+            held = self._flights[command_id].held
+            if isinstance(event, ActionStarted) and not held:
+                # Restarting the clock of an action already running would let a faulty
+                # runtime keep a hung action alive for ever.
+                raise EngineUsageError(
+                    f"action {command_id} was not held: ActionStarted only follows ActionHeld"
+                )
+            if isinstance(event, ActionHeld) and held:
+                raise EngineUsageError(f"action {command_id} is already held")
         elif isinstance(event, ActionFinished):
             command_id = event.command_id
             if (
@@ -641,9 +652,12 @@ class Engine:
             self._touch_targets(hier.members)
         elif isinstance(event, ActionHeld):
             # No deadline while held: its old heap entry no longer matches and is skipped.
-            self._flights[event.command_id].deadline = math.inf
+            flight = self._flights[event.command_id]
+            flight.held = True
+            flight.deadline = math.inf
         elif isinstance(event, ActionStarted):
             flight = self._flights[event.command_id]
+            flight.held = False
             if flight.cancel is None:
                 flight.deadline = now + flight.command.timeout
                 heapq.heappush(self._deadlines, (flight.deadline, event.command_id))

@@ -57,3 +57,19 @@ def test_unknown_ids_are_refused_without_change(event: object) -> None:
     with pytest.raises(EngineUsageError, match="no action with command id"):
         engine.handle(event, 1.0)  # type: ignore[arg-type]
     assert engine.snapshot() == before
+
+
+def test_started_only_follows_held() -> None:
+    engine, restore = _engine()
+    before = engine.snapshot()
+    with pytest.raises(EngineUsageError, match="only follows ActionHeld"):
+        engine.handle(ActionStarted(restore.command_id), 1.0)
+    assert engine.next_deadline() == 5.0
+    engine.handle(ActionHeld(restore.command_id), 1.0)
+    with pytest.raises(EngineUsageError, match="already held"):
+        engine.handle(ActionHeld(restore.command_id), 1.0)
+    engine.handle(ActionStarted(restore.command_id), 2.0)
+    with pytest.raises(EngineUsageError, match="only follows ActionHeld"):
+        engine.handle(ActionStarted(restore.command_id), 3.0)
+    assert engine.next_deadline() == 7.0
+    assert engine.snapshot().resources == before.resources
