@@ -849,7 +849,9 @@ class Engine:
             self._escalate(
                 res,
                 f"quickcheck failed: {result}; recovery limit reached "
-                f"({limit.max_recoveries} recoveries within {limit.window:g} s)",
+                f"({limit.max_recoveries} "
+                f"{'recovery' if limit.max_recoveries == 1 else 'recoveries'} "
+                f"within {limit.window:g} s)",
                 now,
             )
             return

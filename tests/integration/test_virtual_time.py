@@ -80,5 +80,5 @@ async def test_recoveries_outside_the_window_do_not_count(tmp_path: Path) -> Non
         kit.running.clear()
         snapshot = await node.wait_until(lambda s: s.resources["app"].state is State.OSF)
         assert (
-            "recovery limit reached (1 recoveries within 300 s)" in snapshot.resources["app"].reason
+            "recovery limit reached (1 recovery within 300 s)" in snapshot.resources["app"].reason
         )

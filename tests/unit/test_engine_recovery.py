@@ -98,7 +98,7 @@ def test_past_the_recovery_limit_the_hierarchy_fails_without_recover() -> None:
     assert failed[0].root == "web"
     assert failed[0].cause == "db"
     assert failed[0].failover_needed
-    assert "recovery limit reached (1 recoveries within 100 s)" in failed[0].reason
+    assert "recovery limit reached (1 recovery within 100 s)" in failed[0].reason
     # Parents first: web goes out, then db and ip.
     assert driver.pending_actions() == {("web", Action.REMOVE)}
     driver.settle()
