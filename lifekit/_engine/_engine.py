@@ -522,6 +522,16 @@ class Engine:
                 "pass a monotonic clock"
             )
 
+    def _running_id(self, command_id: object, hint: str) -> int:
+        """``command_id`` if it names a running action, else EngineUsageError with ``hint``."""
+        if (
+            isinstance(command_id, bool)
+            or not isinstance(command_id, int)
+            or command_id not in self._flights
+        ):
+            raise EngineUsageError(f"no action with command id {command_id!r} is running; {hint}")
+        return command_id
+
     def _validate(self, event: Event) -> None:
         if isinstance(event, NodeStarted):
             if self._started:
@@ -547,16 +557,10 @@ class Engine:
                     f"cannot change hierarchy {event.root!r}: the node is shutting down"
                 )
         elif isinstance(event, ActionHeld | ActionStarted):
-            command_id = event.command_id
-            if (
-                isinstance(command_id, bool)
-                or not isinstance(command_id, int)
-                or command_id not in self._flights
-            ):
-                raise EngineUsageError(
-                    f"no action with command id {command_id!r} is running; ActionHeld and "
-                    "ActionStarted are for a RunAction the runtime holds back"
-                )
+            command_id = self._running_id(
+                event.command_id,
+                "ActionHeld and ActionStarted are for a RunAction the runtime holds back",
+            )
             held = self._flights[command_id].held
             if isinstance(event, ActionStarted) and not held:
                 # Restarting the clock of an action already running would let a faulty
@@ -567,16 +571,7 @@ class Engine:
             if isinstance(event, ActionHeld) and held:
                 raise EngineUsageError(f"action {command_id} is already held")
         elif isinstance(event, ActionFinished):
-            command_id = event.command_id
-            if (
-                isinstance(command_id, bool)
-                or not isinstance(command_id, int)
-                or command_id not in self._flights
-            ):
-                raise EngineUsageError(
-                    f"no action with command id {command_id!r} is running; each command "
-                    "gets exactly one ActionFinished"
-                )
+            self._running_id(event.command_id, "each command gets exactly one ActionFinished")
             result = event.result
             if not isinstance(result, Result) or not isinstance(result.outcome, Outcome):
                 raise EngineUsageError(

@@ -48,6 +48,17 @@ def _status(socket_path: Path) -> tuple[int, dict | None]:
     return result.returncode, json.loads(result.stdout) if result.returncode in (0, 4) else None
 
 
+def _wait_in_service(socket_path: Path) -> dict:
+    """Poll `lifekit status` until the hierarchy is ISP; return that document."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _, document = _status(socket_path)
+        if document and document["hierarchies"][0]["state"] == "ISP":
+            return document
+        time.sleep(0.2)
+    raise AssertionError("lifekit up never served an in-service status")
+
+
 def test_up_serves_status_and_ctrl_c_takes_everything_out(tmp_path: Path) -> None:
     state = tmp_path / "state"
     config = tmp_path / "node.toml"
@@ -61,14 +72,8 @@ def test_up_serves_status_and_ctrl_c_takes_everything_out(tmp_path: Path) -> Non
     )
     pids: list[int] = []
     try:
-        deadline = time.monotonic() + 30
-        document = None
-        while time.monotonic() < deadline:
-            code, document = _status(socket_path)
-            if document and document["hierarchies"][0]["state"] == "ISP":
-                break
-            time.sleep(0.2)
-        assert document is not None, "lifekit up never served its status"
+        document = _wait_in_service(socket_path)
+        code, _ = _status(socket_path)
         assert code == 0
         hierarchy = document["hierarchies"][0]
         assert hierarchy["root"] == "front"
@@ -137,12 +142,7 @@ def test_a_second_up_on_the_same_socket_leaves_the_first_node_alone(tmp_path: Pa
     )
     pids: list[int] = []
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            _, document = _status(socket_path)
-            if document and document["hierarchies"][0]["state"] == "ISP":
-                break
-            time.sleep(0.2)
+        _wait_in_service(socket_path)
         pids = [json.loads((state / f"{t}.pid").read_text())["pid"] for t in ("worker", "front")]
         second = subprocess.run(
             [*LIFEKIT, "up", str(config), "--no-tree", "--socket", str(socket_path)],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from lifekit._runtime import Node, RecordingPowerControl
 from lifekit._runtime._control import MAX_REQUEST, control_request, serve_control
 from lifekit.errors import ControlError
 from lifekit.kit import ActionContext, Kit
-from tests.fixtures.support import exploding_result
+from tests.fixtures.support import exploding_result, raw_control_request
 
 pytestmark = pytest.mark.anyio
 
@@ -54,18 +53,6 @@ def _model():
         ],
         default_nodes=["n1"],
     )
-
-
-def _raw_request(path: Path, payload: bytes) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(5)
-        client.connect(str(path))
-        client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := client.recv(65536):
-            data += chunk
-    return json.loads(data)
 
 
 async def test_status_and_requests_over_the_socket(tmp_path: Path) -> None:
@@ -108,7 +95,7 @@ async def test_hostile_input_gets_an_error_and_changes_nothing(tmp_path: Path) -
                 b"x" * (MAX_REQUEST + 10) + b"\n",
             ]
             for payload in cases:
-                response = await anyio.to_thread.run_sync(_raw_request, path, payload)
+                response = await anyio.to_thread.run_sync(raw_control_request, path, payload)
                 assert response["ok"] is False, payload[:40]
                 assert response["error"]
             after = node.snapshot()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 
 import anyio
@@ -14,7 +12,7 @@ from lifekit._registry import KitRegistry
 from lifekit._runtime._control import MAX_REQUEST, open_control_listener, serve_control
 from lifekit.errors import ControlError, EngineFailed, LifekitError
 from lifekit.kit import ActionContext, Kit
-from tests.fixtures.support import exploding_result
+from tests.fixtures.support import exploding_result, raw_control_request
 
 pytestmark = pytest.mark.anyio
 
@@ -169,18 +167,6 @@ async def test_control_socket_refuses_a_directory_others_can_write(tmp_path: Pat
     assert not (shared / "lifekit.sock").exists()
 
 
-def _ask(path: Path, payload: bytes) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(5)
-        client.connect(str(path))
-        client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := client.recv(65536):
-            data += chunk
-    return json.loads(data)
-
-
 async def test_a_request_that_blows_up_the_parser_does_not_stop_the_server(
     tmp_path: Path,
 ) -> None:
@@ -189,9 +175,11 @@ async def test_a_request_that_blows_up_the_parser_does_not_stop_the_server(
         async with anyio.create_task_group() as group:
             await group.start(serve_control, n, path)
             nested = b"[" * (MAX_REQUEST - 10) + b"\n"  # RecursionError inside json
-            answer = await anyio.to_thread.run_sync(_ask, path, nested)
+            answer = await anyio.to_thread.run_sync(raw_control_request, path, nested)
             assert answer["ok"] is False
-            status = await anyio.to_thread.run_sync(_ask, path, b'{"op": "status"}\n')
+            status = await anyio.to_thread.run_sync(
+                raw_control_request, path, b'{"op": "status"}\n'
+            )
             assert status["ok"] is True
             group.cancel_scope.cancel()
 
