@@ -73,7 +73,7 @@ def _dead(pid: int) -> bool:
     """Gone, or a zombie (an orphan nobody reaps on a machine whose PID 1 does not)."""
     try:
         data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, even mid-read
         return True
     return data[data.rindex(b")") + 2 :].split()[0] == b"Z"
 

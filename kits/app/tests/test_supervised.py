@@ -30,7 +30,7 @@ def sleeper(**extra: Any) -> dict[str, Any]:
 def _stat(pid: int) -> list[bytes] | None:
     try:
         data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, even mid-read
         return None
     return data[data.rindex(b")") + 2 :].split()
 
