@@ -20,6 +20,7 @@ __all__ = [
     "EngineUsageError",
     "KitError",
     "KitNotFound",
+    "LabError",
     "LifekitError",
     "ParamError",
     "ProcessError",
@@ -193,3 +194,12 @@ class EngineFailed(LifekitError, RuntimeError):
 
 class ControlError(LifekitError, ConnectionError):
     """The local control socket could not be reached or refused a request."""
+
+
+class LabError(LifekitError, RuntimeError):
+    """The lab (the virtual cluster of :mod:`lifekit.lab`) cannot do what was asked.
+
+    Its message says what was wrong (a node that is powered off, a missing tool or kernel
+    feature, a name already taken) and how to fix it (``lifekit lab doctor`` names missing
+    packages; ``lifekit lab clean`` removes a dead lab's leftovers).
+    """

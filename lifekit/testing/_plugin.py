@@ -1,8 +1,19 @@
 """lifekit's pytest plugin (the ``pytest11`` entry point) and :class:`KitConformance`.
 
-The plugin adds one fixture, ``lifekit_host``: the :class:`~lifekit.kit.Host` conformance
-tests run kit actions on (this machine by default). Override it in a ``conftest.py`` to run
-every :class:`KitConformance` class on another host, e.g. a lab node.
+The plugin adds these fixtures:
+
+* ``lifekit_host``: the :class:`~lifekit.kit.Host` conformance tests run kit actions on (this
+  machine by default). Override it in a ``conftest.py`` to run every :class:`KitConformance`
+  class on another host, e.g. a lab node (``lab.node("n1").host()``).
+* ``lifekit_lab_factory``: makes :class:`~lifekit.lab.Lab` s (``factory(nodes=("n1", "n2"))``
+  or ``factory(LabSpec(...))``), each up when returned and torn down after the test, even when
+  it fails.
+* ``lifekit_lab``: one default lab (three nodes, ``public`` and ``hb1``, a client, a 64 MiB
+  LUN).
+
+The lab fixtures need root and the lab's packages. Without them they skip, saying what is
+missing and how to get it (``lifekit lab bootstrap``); when the environment variable ``CI`` is
+set they fail instead, because a CI run that skips them proves nothing.
 
 :class:`KitConformance` turns the conformance suite into one pytest test per rule for a kit
 author's test module. This module imports pytest; :mod:`lifekit.testing` itself does not.
@@ -10,22 +21,72 @@ author's test module. This module imports pytest; :mod:`lifekit.testing` itself 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
 from lifekit.kit import Host, Kit, LocalHost, Timeouts
 from lifekit.testing._conformance import run_conformance, select_rules
 
-__all__ = ["KitConformance", "lifekit_host"]
+if TYPE_CHECKING:
+    from lifekit.lab import Lab, LabSpec
+
+__all__ = ["KitConformance", "lifekit_host", "lifekit_lab", "lifekit_lab_factory"]
 
 
 @pytest.fixture
 def lifekit_host() -> Host:
     """The host conformance tests run kit actions on: this machine (override to change)."""
     return LocalHost()
+
+
+def _require_lab() -> None:
+    from lifekit.lab._bootstrap import problems  # noqa: PLC0415 - only lab users pay for it
+
+    unmet = problems()
+    if unmet:
+        message = "the lab cannot run here:\n  " + "\n  ".join(unmet)
+        if os.environ.get("CI"):
+            pytest.fail(message + "\n(CI is set: lab tests must run, not skip)", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def lifekit_lab_factory() -> Iterator[Callable[..., Lab]]:
+    """Make labs for one test: ``factory(spec)`` or ``factory(**LabSpec fields)``.
+
+    Each lab is up when returned and torn down after the test, whatever happens in it.
+    """
+    _require_lab()
+    from lifekit.lab import Lab, LabSpec  # noqa: PLC0415
+
+    labs: list[Lab] = []
+
+    def make(spec: LabSpec | None = None, /, **fields: Any) -> Lab:
+        lab = Lab(spec if spec is not None else LabSpec(**fields))
+        labs.append(lab)
+        return lab.up()
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for lab in reversed(labs):
+            try:
+                lab.down()
+            except Exception as exc:  # noqa: BLE001 - tear down every lab, then report all
+                errors.append(f"{lab.name}: {exc}")
+        if errors:
+            pytest.fail("lab teardown failed: " + "; ".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def lifekit_lab(lifekit_lab_factory: Callable[..., Lab]) -> Lab:
+    """A default lab for one test: n1, n2, n3, networks public and hb1, a client, a LUN."""
+    return lifekit_lab_factory()
 
 
 class KitConformance:

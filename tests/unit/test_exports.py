@@ -30,6 +30,7 @@ PUBLIC_MODULES = [
     "lifekit.hookspecs",
     "lifekit.errors",
     "lifekit.testing",
+    "lifekit.lab",
 ]
 
 
