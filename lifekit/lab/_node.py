@@ -15,9 +15,11 @@ shared filesystems down while ``hba`` can still carry the last journal write, th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -123,6 +125,23 @@ class LabHost:
     def __repr__(self) -> str:
         return f"<LabHost {self.name}>"
 
+    def _check_startable(
+        self, argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | Path | None
+    ) -> None:
+        # As on LocalHost, a program that cannot start raises ProcessError(returncode=None)
+        # instead of looking like a program that ran and failed (nsenter would exit 127).
+        if isinstance(argv, str) or not argv:
+            return  # the runner rejects these with its own message
+        path = (env or {}).get("PATH", os.environ.get("PATH", os.defpath))
+        if self._node.which(argv[0], path=path) is None:
+            raise ProcessError(
+                argv, None, reason=f"cannot start on node {self.name}: No such file or directory"
+            )
+        if cwd is not None and not self._node.path(cwd).is_dir():
+            raise ProcessError(
+                argv, None, reason=f"cannot start on node {self.name}: no directory {str(cwd)!r}"
+            )
+
     async def run(
         self,
         argv: Sequence[str],
@@ -135,6 +154,7 @@ class LabHost:
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> ProcessResult:
         """Run a command on the node to completion (see :meth:`lifekit.kit.Host.run`)."""
+        self._check_startable(argv, env, cwd)
         return await run_process(
             self._node.exec_argv(argv, cwd=cwd),
             env=env,
@@ -154,6 +174,7 @@ class LabHost:
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> SpawnedProcess:
         """Start a long-lived process on the node (see :meth:`lifekit.kit.Host.spawn`)."""
+        self._check_startable(argv, env, cwd)
         return await spawn_process(
             self._node.exec_argv(argv, cwd=cwd), env=env, output=output, log=log
         )
@@ -254,6 +275,20 @@ class LabNode:
         shared filesystem) without starting a process.
         """
         return Path(f"/proc/{self.init_pid()}/root") / str(path).lstrip("/")
+
+    def which(self, program: str, *, path: str | None = None) -> str | None:
+        """Where ``program`` is on the node (searching ``path``, default this process's
+        ``PATH``), or ``None`` if it is not there or not executable."""
+        if "/" in program:
+            candidates = [program]
+        else:
+            search = path if path is not None else os.environ.get("PATH", os.defpath)
+            candidates = [f"{directory}/{program}" for directory in search.split(":") if directory]
+        for candidate in candidates:
+            inside = self.path(candidate)
+            if inside.is_file() and os.access(inside, os.X_OK):
+                return candidate
+        return None
 
     @property
     def disk(self) -> str:
@@ -434,6 +469,48 @@ class LabNode:
         writes fail at the target, as with fence_scsi. Attached again at every power on.
         """
         return self.lab._attach_fenced(self.name, timeout=timeout)
+
+    def scsi(self, *steps: Sequence[object]) -> list[dict[str, Any]]:
+        """Run SCSI-3 reservation steps on the LUN from this node, in one new iSCSI session.
+
+        Steps are lists such as ``["register", key]``, ``["preempt", key, victim_key, 5]``,
+        ``["keys"]``, ``["reservation"]`` (see :mod:`lifekit.lab._pr`); each returns a dict.
+        The session is separate from the fenced path's and registers nothing by itself.
+
+        :raises ProcessError: a step failed (the message names it and the SCSI status).
+        """
+        lab = self.lab
+        done = self.run(
+            [
+                sys.executable,
+                "-m",
+                "lifekit.lab._pr",
+                lab.iscsi_portal,
+                lab.iscsi_target,
+                f"{self.iqn}:control",
+                json.dumps([list(step) for step in steps]),
+            ],
+            check=False,
+        )
+        results = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        if done.returncode != 0:
+            failed = results[-1] if results else {"error": done.stderr.strip()}
+            raise ProcessError(["scsi", *map(str, steps)], done.returncode, str(failed))
+        return results
+
+    def preempt(self, victim: LabNode) -> str:
+        """Fence ``victim`` at the target: register this node's key, then preempt the victim's
+        (Write Exclusive Registrants Only). Returns the service action the target took
+        (``PREEMPT`` where PREEMPT AND ABORT is unsupported, as on tgt)."""
+        results = self.scsi(
+            ["register", self.scsi_key], ["preempt", self.scsi_key, victim.scsi_key, 5]
+        )
+        return str(results[-1]["action"])
+
+    def reservation(self) -> dict[str, Any]:
+        """The LUN's registered keys and reservation holder, read from this node."""
+        keys, holder = self.scsi(["keys"], ["reservation"])
+        return {"keys": keys["keys"], "holder": holder["key"], "type": holder["type"]}
 
     @property
     def fenced_disk(self) -> str:
