@@ -276,6 +276,28 @@ class LabNode:
         """
         return Path(f"/proc/{self.init_pid()}/root") / str(path).lstrip("/")
 
+    def mkfs(self, device: str | None = None, *, fstype: str = "ext4", mmp: bool = False) -> str:
+        """Make a filesystem on ``device`` (default: this node's plain path to the LUN).
+
+        :param fstype: ``ext4`` or ``xfs`` (xfs needs a LUN of at least 300 MiB).
+        :param mmp: ext4 multi-mount protection: a second node's mount is refused while one
+            has it mounted. Off by default: it adds 11 s or more to every fsck and mount.
+        :returns: the device.
+        """
+        target = device or self.disk
+        if fstype == "ext4":
+            argv = ["mkfs.ext4", "-q", "-F"]
+            if mmp:
+                argv += ["-O", "mmp", "-E", "mmp_update_interval=1"]
+        elif fstype == "xfs":
+            if mmp:
+                raise LabError("multi-mount protection (mmp) is an ext4 feature; xfs has none")
+            argv = ["mkfs.xfs", "-q", "-f"]
+        else:
+            raise LabError(f"unsupported filesystem type {fstype!r}; use 'ext4' or 'xfs'")
+        self.run([*argv, target])
+        return target
+
     def which(self, program: str, *, path: str | None = None) -> str | None:
         """Where ``program`` is on the node (searching ``path``, default this process's
         ``PATH``), or ``None`` if it is not there or not executable."""

@@ -29,6 +29,15 @@ def _ours_or_orphaned(before: set[str]) -> dict[str, list[str]]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def _root_or_skip(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``root`` skip without root, saying so; under CI they fail instead."""
+    if request.node.get_closest_marker("root") and os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("this system test needs root, and CI must run it as root")
+        pytest.skip("needs root (network namespaces, mounts, loop devices)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_lab_leftovers() -> Iterator[None]:
     if os.geteuid() != 0:

@@ -143,3 +143,35 @@ def test_bad_fault_arguments_name_the_value(lifekit_lab: Lab) -> None:
     # Nothing changed.
     assert lab.status()["cut"] == []
     assert lab.status()["partition"] is None
+
+
+def rtt_ms(source: LabNode, target: str) -> float:
+    out = source.run(["ping", "-n", "-q", "-c3", "-i0.05", "-W2", target]).stdout
+    # rtt min/avg/max/mdev = 0.045/0.051/0.060/0.006 ms
+    return float(out.rsplit("=", 1)[1].split("/")[1])
+
+
+def test_impairments_loss_delay_survive_a_reboot_and_heal(lifekit_lab: Lab) -> None:
+    lab = lifekit_lab
+    n1, n2 = lab.node("n1"), lab.node("n2")
+    target = n1.address("public")
+    assert rtt_ms(n2, target) < 20
+
+    lab.impair("n1", "public", delay=0.05)
+    assert 90 < rtt_ms(n2, target) < 400  # 50 ms each way
+    assert reachable(n2, [n1.address("hb1")]) == {n1.address("hb1"): True}
+
+    lab.impair("n1", "public", loss=1.0)  # replaces the delay
+    assert reachable(n2, [target]) == {target: False}
+    assert lab.status()["impairments"] == {
+        "n1-public": {"loss": 1.0, "rate_kbit": None, "delay": 0.0, "relay": None}
+    }
+    # The impairment belongs to the cable: it is still there after n1 reboots.
+    n1.restart()
+    assert reachable(n2, [target]) == {target: False}
+
+    lab.heal()
+    assert eventually_reachable(n2, [target])
+    assert lab.status()["impairments"] == {}
+    with pytest.raises(ValueError, match="loss"):
+        lab.impair("n1", "public", loss=2.0)

@@ -76,3 +76,17 @@ def test_a_failing_scsi_step_names_itself(lifekit_lab_factory: Callable[..., Lab
     n1.scsi(["register", n1.scsi_key], ["reserve", n1.scsi_key, 5])
     with pytest.raises(ProcessError, match="RESERVATION CONFLICT"):
         n2.scsi(["write", 0])
+
+
+def test_mkfs_offers_ext4_multi_mount_protection_and_xfs(
+    lifekit_lab_factory: Callable[..., Lab],
+) -> None:
+    # xfs needs at least 300 MB; the image is sparse, so this costs nothing.
+    lab = lifekit_lab_factory(nodes=("n1",), client=False, lun_size=320 << 20)
+    n1 = lab.node("n1")
+    n1.mkfs(mmp=True)
+    assert "mmp" in n1.run(["tune2fs", "-l", n1.disk]).stdout.split("features:")[1].split("\n")[0]
+    n1.mkfs(fstype="xfs")
+    assert n1.run(["blkid", "-o", "value", "-s", "TYPE", n1.disk]).stdout.strip() == "xfs"
+    with pytest.raises(LabError, match="ext4 feature"):
+        n1.mkfs(fstype="xfs", mmp=True)
