@@ -149,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--plugin modules): kind, package, description.",
     )
     _add_plugin_option(kits)
+
+    # Everything after `lab` goes, untouched, to lifekit.lab._cli (its own parser and help):
+    # importing the lab costs more than the rest of the CLI, so only `lifekit lab` pays it.
+    # The NUL prefix makes this parser take `--help`, `--json`... as plain arguments.
+    lab = commands.add_parser(
+        "lab",
+        help="a virtual cluster on this machine: bootstrap, doctor, up, down, exec, status, "
+        "clean (`lifekit lab --help`)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -289,12 +301,19 @@ def _dispatch(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _cmd_lab(args: argparse.Namespace) -> int:
+    lab_cli = importlib.import_module("lifekit.lab._cli")  # only now: see build_parser
+    code: int = lab_cli.main(args.lab_args)
+    return code
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": _cmd_check,
     "kits": _cmd_kits,
     "up": _dispatch("up"),
     "status": _dispatch("status"),
     "demo": _dispatch("demo"),
+    "lab": _cmd_lab,
 }
 
 

@@ -9,22 +9,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[dev] %s\n' "$*" >&2; }
 
-# Debian packages the suite uses today: procps (ps/pgrep for the app kit's tests) and
-# iproute2/util-linux, which later issues' lab builds on. Printed before they are installed.
-DEBIAN_PACKAGES=(procps iproute2 util-linux python3-venv)
-
 setup() {
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        missing=()
-        for pkg in "${DEBIAN_PACKAGES[@]}"; do
-            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
-        done
-        if [ "${#missing[@]}" -gt 0 ]; then
-            log "installing Debian packages: ${missing[*]}"
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-        fi
-    fi
     if ! command -v uv >/dev/null; then
         log "installing uv (the workspace manager) with pip"
         python3 -m pip install --quiet --disable-pip-version-check uv
@@ -32,6 +17,13 @@ setup() {
     export UV_PYTHON_DOWNLOADS=never
     log "syncing the project environment in .venv (uv sync --all-packages --locked)"
     uv sync --quiet --all-packages --locked
+    if [ "$(id -u)" = 0 ]; then
+        # The lab's one list of Debian packages (the lab's and the kits' tools): it prints
+        # what it installs, installs nothing when all is there, then checks the kernel.
+        uv run --no-sync lifekit lab bootstrap
+    else
+        log "not root: skipping 'lifekit lab bootstrap' (the lab and its tests need root)"
+    fi
 }
 
 run_tests() {

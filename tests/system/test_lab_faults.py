@@ -74,8 +74,7 @@ def test_power_loss_with_ext4_in_flight_leaves_a_journal_to_replay(lifekit_lab: 
         [
             "sh",
             "-c",
-            "i=0; while :; do i=$((i+1)); echo $i >> /run/lun/inflight.$((i % 50)); "
-            "done",
+            "i=0; while :; do i=$((i+1)); echo $i >> /run/lun/inflight.$((i % 50)); done",
         ]
     )
     n1.wait_for(lambda: n1.path("/run/lun/inflight.49").exists())
