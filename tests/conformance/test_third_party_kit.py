@@ -188,7 +188,8 @@ USE_IN_HIERARCHY = textwrap.dedent(
                     await stream.send(b"ping\\n")
                     print("echoed", (await stream.receive()).decode().strip())
                 print("states", *(s.state.value for s in node.snapshot().resources.values()))
-                assert await node.take_out_of_service("app1", timeout=30)
+                removed = await node.take_out_of_service("app1", timeout=30)
+                assert removed, node.status()
                 print("after", *(s.state.value for s in node.snapshot().resources.values()))
 
     anyio.run(main, backend=sys.argv[1])
