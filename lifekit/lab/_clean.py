@@ -10,6 +10,7 @@ nodes' fenced paths, network namespaces ``lklab-<name>-*``, and the directory it
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -106,11 +107,18 @@ def leftovers(lab_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
     return found
 
 
+#: A lab directory younger than this without a state file is a lab being made, not a leftover.
+_MAKING = 60.0
+
+
 def owner_alive(directory: Path) -> bool:
     """Whether the process that owns a lab still runs (a detached lab counts as owned)."""
     state = _state.read_state(directory)
     if not state:
-        return False
+        try:
+            return time.time() - directory.stat().st_mtime < _MAKING
+        except FileNotFoundError:
+            return False
     owner = state.get("owner")
     if owner is None:
         return True  # detached (`lifekit lab up`): only `down` or `clean NAME` removes it
@@ -124,14 +132,20 @@ def clean(*, names: Iterable[str] = (), everything: bool = False) -> list[str]:
     :param everything: remove every lab, detached ones included.
 
     Without either, removes the labs whose owner process is dead (a killed test) and stray
-    objects with no lab directory.
+    objects with no lab directory here, unless processes still run in them: those may be a
+    live lab of another ``$LIFEKIT_LAB_DIR``.
     """
     base = _state.base_dir()
     chosen = {_state.lab_id(name) for name in names}
     if everything or not chosen:
-        for lab_id in leftovers():
+        for lab_id, objects in leftovers().items():
             directory = base / lab_id
-            if everything or not directory.is_dir() or not owner_alive(directory):
+            if everything:
+                chosen.add(lab_id)
+            elif directory.is_dir():
+                if not owner_alive(directory):
+                    chosen.add(lab_id)
+            elif not any(entry.startswith("process ") for entry in objects):
                 chosen.add(lab_id)
     for lab_id in sorted(chosen):
         teardown(lab_id, base / lab_id)

@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 
+from lifekit.errors import LabError
 from lifekit.lab._lab import Lab
 
 __all__: list[str] = []
@@ -39,8 +40,9 @@ class Controller:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
         self.selector = selectors.DefaultSelector()
-        #: node -> (deadline, timeout, action) of an armed watchdog
-        self.watchdogs: dict[str, tuple[float, float, str]] = {}
+        #: node -> (deadline, timeout, action, boot) of an armed watchdog; ``boot`` is the
+        #: node's PID 1 when it was armed: a watchdog does not outlive the boot that armed it.
+        self.watchdogs: dict[str, tuple[float, float, str, int | None]] = {}
         for node in lab.nodes:
             for kind in ("power", "watchdog"):
                 path = node.directory / "bmc" / f"{kind}.sock"
@@ -57,15 +59,18 @@ class Controller:
             now = time.monotonic()
             timeout = None
             if self.watchdogs:
-                timeout = max(0.0, min(d for d, _, _ in self.watchdogs.values()) - now)
+                timeout = max(0.0, min(entry[0] for entry in self.watchdogs.values()) - now)
             for key, _mask in self.selector.select(timeout):
                 name, kind = key.data
                 data = key.fileobj.recv(4096)  # type: ignore[union-attr]
                 self.handle(name, kind, data.decode(errors="replace").strip())
             now = time.monotonic()
-            for name, (deadline, seconds, action) in list(self.watchdogs.items()):
+            for name, (deadline, seconds, action, boot) in list(self.watchdogs.items()):
                 if now >= deadline:
                     del self.watchdogs[name]
+                    if self.boot(name) != boot:
+                        _log.info("%s: watchdog of an earlier boot expired: ignored", name)
+                        continue
                     _log.warning("%s: watchdog not fed for %g s: %s", name, seconds, action)
                     self.power(name, action, f"watchdog expired after {seconds:g} s")
 
@@ -84,17 +89,25 @@ class Controller:
             if timeout <= 0 or action not in ("", "poweroff", "reboot"):
                 _log.error("%s: bad watchdog arm request %r", name, message)
                 return
-            self.watchdogs[name] = (time.monotonic() + timeout, timeout, action or "poweroff")
+            boot = self.boot(name)
+            self.watchdogs[name] = (time.monotonic() + timeout, timeout, action or "poweroff", boot)
             _log.info("%s: watchdog armed for %g s", name, timeout)
         elif kind == "watchdog" and word == "feed":
             if name in self.watchdogs:
-                _deadline, timeout, action = self.watchdogs[name]
-                self.watchdogs[name] = (time.monotonic() + timeout, timeout, action)
+                _deadline, timeout, action, boot = self.watchdogs[name]
+                self.watchdogs[name] = (time.monotonic() + timeout, timeout, action, boot)
         elif kind == "watchdog" and word == "disarm":
             self.watchdogs.pop(name, None)
             _log.info("%s: watchdog disarmed", name)
         else:
             _log.error("%s: unknown %s request %r", name, kind, message)
+
+    def boot(self, name: str) -> int | None:
+        """The node's current PID 1 (``None`` while it is off): identifies one boot."""
+        try:
+            return self.lab.node(name).init_pid()
+        except LabError:
+            return None
 
     def power(self, name: str, action: str, reason: str) -> None:
         """Power a node off (and on again for ``reboot``)."""

@@ -177,7 +177,14 @@ class Lab:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.down()
+        if exc is None:
+            self.down()
+            return
+        # The body's exception is what the caller must see; a failed teardown is a note on it.
+        try:
+            self.down()
+        except Exception as teardown:  # noqa: BLE001 - reported on the body's exception
+            exc.add_note(f"the lab's teardown failed too: {teardown}")
 
     def up(self, *, detached: bool = False) -> Lab:
         """Build the lab and boot every node.
@@ -189,11 +196,19 @@ class Lab:
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (namespaces, mounts, loop devices); run as root")
-        if self.directory.exists() or _clean.netns_of(self.id):
-            raise LabError(
-                f"a lab named {self.name!r} already exists; pick another name, or remove it "
-                f"with `lifekit lab down {self.name}` (or `lifekit lab clean {self.name}`)"
-            )
+        taken = LabError(
+            f"a lab named {self.name!r} already exists; pick another name, or remove it "
+            f"with `lifekit lab down {self.name}` (or `lifekit lab clean {self.name}`)"
+        )
+        if _clean.netns_of(self.id):
+            raise taken
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Claiming the directory is the one atomic step: of two racing labs of one name,
+            # the loser stops here, before it could tear down the winner's lab.
+            self.directory.mkdir()
+        except FileExistsError:
+            raise taken from None
         try:
             self._build(detached=detached)
         except BaseException:
@@ -203,7 +218,6 @@ class Lab:
         return self
 
     def _build(self, *, detached: bool) -> None:
-        self.directory.mkdir(parents=True)
         (self.directory / "logs").mkdir()
         owner = None if detached else [os.getpid(), _sys.start_time(os.getpid())]
         state: dict[str, Any] = {
@@ -397,53 +411,105 @@ class Lab:
 
     # --- power -------------------------------------------------------------------------------
 
+    def _shared_devices(self, entry: dict[str, Any]) -> set[int]:
+        """Device numbers of every loop device on the LUN, and of the node's fenced path."""
+        devices = {entry.get("fenced")} | {
+            device
+            for device, backing in _sys.loop_devices().items()
+            if backing == str(self.lun_image)
+        }
+        numbers = set()
+        for device in devices:
+            if device:
+                with contextlib.suppress(FileNotFoundError):
+                    numbers.add(os.stat(device).st_rdev)
+        return numbers
+
+    def _crash_filesystems(self, node: LabNode, entry: dict[str, Any]) -> list[str]:
+        """Shut down, without a log flush, every shared-storage filesystem any process of the
+        node has mounted (in any of its mount namespaces); return the ones that refused."""
+        numbers = self._shared_devices(entry)
+        failed = []
+        seen_namespaces: set[str] = set()
+        done: set[int] = set()
+        for pid in _sys.cgroup_all_procs(node.cgroup):
+            namespace = _sys.mount_namespace(pid)
+            if namespace is None or namespace in seen_namespaces:
+                continue
+            seen_namespaces.add(namespace)
+            for number, mount_point, fstype in _sys.mounts_of(pid):
+                if number in numbers and number not in done:
+                    done.add(number)
+                    try:
+                        _sys.shutdown_filesystem(f"/proc/{pid}/root{mount_point}")
+                    except OSError as exc:
+                        failed.append(f"{mount_point} ({fstype}): {exc.strerror or exc}")
+        return failed
+
     def _power_loss(self, name: str) -> None:
         node = self.node(name)
+        failed: list[str] = []
         with self._changing() as state:
             entry = state["nodes"][name]
             if entry["power"] != "on":
                 return
-            init = entry["init"][0]
             procs, hba = node.cgroup / "procs", node.cgroup / "hba"
-            # The instant of the power loss: no process of the node runs any more.
-            _sys.cgroup_freeze(procs, True)
-            # Its storage path must carry the journal abort (a hung node's is frozen too).
-            _sys.cgroup_freeze(hba, False)
-            devices = [entry.get("loop"), entry.get("fenced")]
-            numbers = {os.stat(device).st_rdev for device in devices if device}
-            done = set()
-            for number, mount_point, _fstype in _sys.mounts_of(init):
-                if number in numbers and number not in done:
-                    done.add(number)
-                    with contextlib.suppress(OSError):
-                        _sys.shutdown_filesystem(f"/proc/{init}/root{mount_point}")
-            for port in [_net.port(name, network) for network in node.networks]:
-                if port in state["impairments"]:
-                    self._unapply(state, port)
-            _net.run_batch(
-                [f"link del {_net.port(name, network)}" for network in node.networks],
-                netns=self.switch_netns,
-            )
-            _sys.cgroup_kill(node.cgroup)
-            _sys.cgroup_freeze(procs, False)
-            if entry.get("fenced"):
-                _sys.wait_unused(entry["fenced"], timeout=2.0)
-                _sys.loop_detach(entry["fenced"])
-                entry["fenced"] = None
-                entry["fenced_wanted"] = True
-            _net.run_batch([f"netns del {node.netns}"])
-            if entry.get("loop"):
-                # The mount namespace died with its last process; wait until the kernel has
-                # let go of the node's filesystems so a survivor may take the LUN at once.
-                _sys.wait_unused(entry["loop"], timeout=5.0)
-            entry.update(power="off", init=None, frozen=False)
+            try:
+                # Its storage path must carry the journal abort (a hung node's is frozen too):
+                # thawed first, so that no process waits on it while the rest freezes.
+                _sys.cgroup_freeze(hba, False)
+                # The instant of the power loss: the node's processes stop where they are.
+                _sys.cgroup_freeze(procs, True)
+                failed = self._crash_filesystems(node, entry)
+                for port in [_net.port(name, network) for network in node.networks]:
+                    if port in state["impairments"]:
+                        self._unapply(state, port)
+            finally:
+                # Whatever failed above, the node ends powered off and its state says so.
+                self._force_off(node, state)
         reap_children()
+        if failed:
+            raise LabError(
+                f"node {name!r} lost power, but these filesystems refused the shutdown ioctl, so "
+                f"they were unmounted cleanly instead of crashing: {'; '.join(failed)}"
+            )
+
+    def _force_off(self, node: LabNode, state: dict[str, Any]) -> None:
+        """Cut the node's links, kill everything in it and drop its namespaces (idempotent)."""
+        entry = state["nodes"][node.name]
+        _sys.run(
+            ["ip", "-n", self.switch_netns, "-force", "-batch", "-"],
+            input="".join(
+                f"link del {_net.port(node.name, network)}\n" for network in node.networks
+            ).encode(),
+            check=False,
+        )
+        _sys.cgroup_kill(node.cgroup)
+        _sys.cgroup_freeze(node.cgroup / "procs", False)
+        _sys.cgroup_freeze(node.cgroup / "hba", False)
+        if entry.get("fenced"):
+            _sys.wait_unused(entry["fenced"], timeout=2.0)
+            _sys.loop_detach(entry["fenced"])
+            entry["fenced"] = None
+            entry["fenced_wanted"] = True
+        _sys.run(["ip", "netns", "del", node.netns], check=False)
+        if entry.get("loop"):
+            # The mount namespace died with its last process; wait until the kernel has let
+            # go of the node's filesystems so a survivor may take the LUN at once.
+            _sys.wait_unused(entry["loop"], timeout=5.0)
+        entry.update(power="off", init=None, frozen=False)
 
     def _power_on(self, name: str) -> None:
+        node = self.node(name)
         with self._changing() as state:
             if state["nodes"][name]["power"] == "on":
                 return
-            self._boot([name], state)
+            try:
+                self._boot([name], state)
+            except BaseException:
+                # A half-booted node is powered off again, so the next power_on starts clean.
+                self._force_off(node, state)
+                raise
         if state["nodes"][name].get("fenced_wanted"):
             self._attach_fenced(name)
 
@@ -451,8 +517,8 @@ class Lab:
         node = self.node(name)
         with self._changing() as state:
             node.init_pid()
-            _sys.cgroup_freeze(node.cgroup / "procs", frozen)
             _sys.cgroup_freeze(node.cgroup / "hba", frozen)
+            _sys.cgroup_freeze(node.cgroup / "procs", frozen)
             state["nodes"][name]["frozen"] = frozen
 
     # --- network faults ----------------------------------------------------------------------
@@ -600,7 +666,7 @@ class Lab:
 
     def _start_helper(self, argv: list[str], label: str) -> list[int]:
         """Start a lab-wide helper process (outside every node) and wait for its ``ready``."""
-        leaf = self.cgroup / "lab"
+        leaf = self.cgroup / "lab-helpers"  # a '-' no node name can have
         _sys.cgroup_create(leaf)
         log = open(self.directory / "logs" / f"{label}.log", "ab")  # noqa: SIM115
         try:

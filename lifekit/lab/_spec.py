@@ -131,13 +131,18 @@ class LabSpec:
                 "lab: iscsi", "iSCSI needs a LUN to export", expected="set lun_size too"
             )
         for path in self.private_dirs:
-            if not _PRIVATE_DIR.fullmatch(path) or path in ("/", "/run", "/proc", "/sys", "/dev"):
+            parts = path.split("/")[1:]
+            if (
+                not _PRIVATE_DIR.fullmatch(path)
+                or any(part in (".", "..") for part in parts)
+                or parts[0] in ("run", "proc", "sys", "dev", "tmp")
+            ):
                 yield ConfigIssue(
                     "lab: private_dirs",
                     "invalid private directory",
                     value=path,
-                    expected="an absolute path such as /var/lib/nfs, not /, /run, /proc, "
-                    "/sys or /dev",
+                    expected="an absolute path without '.' or '..', such as /var/lib/nfs, "
+                    "not under /run (fresh at every boot anyway), /proc, /sys, /dev or /tmp",
                 )
         for field, text, version, prefix in (
             ("ipv4_base", self.ipv4_base, 4, 16),

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import time
@@ -185,9 +186,24 @@ def cgroup_populated(path: Path) -> bool:
     return "populated 1" in events
 
 
-def cgroup_freeze(path: Path, frozen: bool) -> None:
-    """Freeze (every process stops where it is) or thaw a cgroup and everything below it."""
+def cgroup_freeze(path: Path, frozen: bool, *, timeout: float = 2.0) -> bool:
+    """Freeze (every process stops where it is) or thaw a cgroup and everything below it.
+
+    Freezing waits until the kernel reports the cgroup frozen. A process stuck in
+    uninterruptible I/O cannot freeze until its I/O ends; after ``timeout`` seconds this
+    returns ``False`` (the rest of the cgroup is frozen by then). Thawing does not wait.
+    """
     (path / "cgroup.freeze").write_text("1" if frozen else "0")
+    if not frozen:
+        return True
+    deadline = time.monotonic() + timeout
+    while not cgroup_frozen(path):
+        if not cgroup_populated(path):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def cgroup_frozen(path: Path) -> bool:
@@ -306,6 +322,19 @@ def shutdown_filesystem(path: str) -> None:
         os.close(fd)
 
 
+def _unescape(field: str) -> str:
+    """Undo mountinfo's octal escapes (``\\040`` for a space, ``\\011``, ``\\012``, ``\\134``)."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def mount_namespace(pid: int) -> str | None:
+    """An identifier of a process's mount namespace (``mnt:[4026532...]``), or ``None``."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
 def mounts_of(pid: int) -> Iterator[tuple[int, str, str]]:
     """The mounts a process sees: ``(device number, mount point, filesystem type)``."""
     try:
@@ -317,5 +346,5 @@ def mounts_of(pid: int) -> Iterator[tuple[int, str, str]]:
         fields = line.split()
         major, minor = (int(part) for part in fields[2].split(":"))
         separator = fields.index("-")
-        mount_point = fields[4].replace("\\040", " ")
+        mount_point = _unescape(fields[4])
         yield os.makedev(major, minor), mount_point, fields[separator + 1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,17 +17,32 @@ from lifekit.lab import _clean, _state, _sys
 
 
 def _ours_or_orphaned(before: set[str]) -> dict[str, list[str]]:
+    """Leftovers of labs this session made: its own, detached ones (the CLI's) and orphans."""
     found = {}
     for lab_id, objects in _clean.leftovers().items():
+        if lab_id in before:
+            continue
         state = _state.read_state(_state.base_dir() / lab_id)
         owner = state.get("owner") if state else None
-        mine = owner is not None and owner[0] == os.getpid()
-        orphaned = lab_id not in before and (
-            not state or (owner is not None and not _sys.alive(owner[0], owner[1]))
-        )
-        if mine or orphaned:
+        someone_elses = owner is not None and owner[0] != os.getpid() and _sys.alive(*owner)
+        if not someone_elses:
             found[lab_id] = objects
     return found
+
+
+def _machine_traces(links_before: set[str]) -> list[str]:
+    """Lab traces in this machine's own namespaces: new links, lab mounts."""
+    traces = [f"link {name}" for name in _links() - links_before]
+    traces += [
+        f"mount {line.split()[4]}"
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if "lklab-" in line or "lifekit-lab" in line
+    ]
+    return traces
+
+
+def _links() -> set[str]:
+    return {path.name for path in Path("/sys/class/net").iterdir()}
 
 
 @pytest.fixture(autouse=True)
@@ -44,9 +60,13 @@ def _no_lab_leftovers() -> Iterator[None]:
         yield
         return
     before = set(_clean.leftovers())
+    links_before = _links()
     yield
-    left = _ours_or_orphaned(before)
+    left: dict[str, object] = dict(_ours_or_orphaned(before))
+    for lab_id in left:
+        _clean.teardown(lab_id, _state.base_dir() / lab_id)
+    traces = _machine_traces(links_before)
+    if traces:
+        left["this machine's namespaces"] = traces
     if left:
-        for lab_id in left:
-            _clean.teardown(lab_id, _state.base_dir() / lab_id)
         pytest.fail(f"labs left objects behind after the suite: {left}", pytrace=False)

@@ -47,9 +47,16 @@ def test_a_node_halting_itself_loses_power_and_a_reboot_boots_it(lifekit_lab: La
     n1, n2 = lifekit_lab.node("n1"), lifekit_lab.node("n2")
     first = booted_at(n2)
     n2.spawn([sys.executable, "-c", POWER, "reboot"])
+
+    def rebooted() -> bool:
+        try:
+            return n2.init_pid() != first
+        except LabError:  # between the power loss and the boot
+            return False
+
     # The reboot is a power loss (a new PID 1) followed by a boot.
     deadline = time.monotonic() + 10
-    while not (n2.is_on and n2.init_pid() != first):
+    while not rebooted():
         assert time.monotonic() < deadline, "n2 did not reboot"
         time.sleep(0.02)
 
@@ -90,3 +97,17 @@ def test_a_hung_node_is_reset_by_its_watchdog(lifekit_lab: Lab) -> None:
 def test_power_requests_off_a_lab_node_are_refused_clearly(tmp_path: object) -> None:
     with pytest.raises(LabError, match="no lab controller answers"):
         LabWatchdog().feed()
+
+
+def test_a_watchdog_does_not_outlive_the_boot_that_armed_it(lifekit_lab: Lab) -> None:
+    n1 = lifekit_lab.node("n1")
+    log = lifekit_lab.directory / "logs" / "controller.log"
+    n1.spawn([sys.executable, "-c", FEEDER, "0.5", "0.2"])
+    n1.wait_for(lambda: "n1: watchdog armed" in log.read_text())
+    n1.restart()  # an ordinary reset while the watchdog is armed and unfed
+    time.sleep(1.5)
+    assert n1.is_on
+    assert (
+        "watchdog of an earlier boot expired"
+        in (lifekit_lab.directory / "logs" / "controller.log").read_text()
+    )

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 
 import pytest
@@ -26,10 +27,13 @@ def unique() -> str:
 def owner_script(name: str, ending: str) -> str:
     return textwrap.dedent(
         f"""
-        import os, signal, sys, time
+        import faulthandler, os, signal, sys, time
         from lifekit.lab import Lab, LabSpec
-        spec = LabSpec(nodes=("n1", "n2"), networks=("public",), client=False, lun_size=8 << 20)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        spec = LabSpec(nodes=("n1", "n2"), networks=("public",), client=False, lun_size=8 << 20,
+                       iscsi=True)
         with Lab(spec, name={name!r}) as lab:
+            lab.node("n2").attach_fenced_disk()
             lab.node("n1").spawn(["sleep", "3600"])
             lab.node("n1").run(["mkdir", "-p", "/run/lun"])
             lab.node("n1").run(["mkfs.ext4", "-q", lab.node("n1").disk])
@@ -67,8 +71,15 @@ def test_ctrl_c_tears_the_lab_down() -> None:
     try:
         assert f"lklab-{name}" in leftovers()
         owner.send_signal(signal.SIGINT)
-        _out, err = owner.communicate(timeout=30)
+        try:
+            _out, err = owner.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            owner.send_signal(signal.SIGUSR1)  # where is it stuck?
+            time.sleep(1)
+            owner.kill()
+            pytest.fail(f"the owner did not finish on SIGINT:\n{owner.communicate()[1]}")
         assert "KeyboardInterrupt" in err
+        assert leftovers([f"lklab-{name}"]) == {}
     finally:
         owner.kill()
         owner.communicate()
@@ -85,7 +96,16 @@ def test_a_killed_owner_leaves_leftovers_that_clean_removes() -> None:
         left = leftovers([f"lklab-{name}"])[f"lklab-{name}"]
         kinds = {entry.split()[0] for entry in left}
         assert {"netns", "cgroup", "process", "loop", "directory"} <= kinds
+        # Both paths to the LUN (n1's plain loop, n2's fenced one) and the fenced path's and
+        # the target's daemons are among them.
+        loops = [entry for entry in left if entry.startswith("loop ")]
+        assert any("lun.img" in entry for entry in loops)
+        assert any("/fuse/" in entry for entry in loops)
+        processes = " ".join(entry for entry in left if entry.startswith("process "))
+        for daemon in ("tgtd", "nbdfuse", "nbdkit", "lifekit.lab._controller"):
+            assert daemon in processes
         assert f"lklab-{name}" in clean()  # an orphan: its owner is dead
+        assert leftovers([f"lklab-{name}"]) == {}
     finally:
         owner.kill()
         owner.communicate()
@@ -116,3 +136,6 @@ def test_a_taken_name_and_a_bad_spec_are_refused() -> None:
         LabSpec(nodes=("n1", "Bad-Name"), networks=("public", "x" * 9))
     assert "'Bad-Name'" in str(info.value)
     assert "invalid network name" in str(info.value)
+    for path in ("/..", "/etc/../x", "/run/x", "/proc/sys", "relative", "/dev/shm"):
+        with pytest.raises(ValueError, match="invalid private directory"):
+            LabSpec(private_dirs=(path,))
