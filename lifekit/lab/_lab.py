@@ -513,6 +513,18 @@ class Lab:
         if state["nodes"][name].get("fenced_wanted"):
             self._attach_fenced(name)
 
+    def _freeze_storage(self, name: str, *, frozen: bool) -> None:
+        node = self.node(name)
+        with self._changing() as state:
+            node.init_pid()
+            if not state["nodes"][name].get("fenced"):
+                raise LabError(
+                    f"node {name!r} has no fenced storage path to hang; attach one with "
+                    f"lab.node({name!r}).attach_fenced_disk()"
+                )
+            _sys.cgroup_freeze(node.cgroup / "hba", frozen)
+            state["nodes"][name]["storage_frozen"] = frozen
+
     def _freeze(self, name: str, *, frozen: bool) -> None:
         node = self.node(name)
         with self._changing() as state:

@@ -39,6 +39,9 @@ __all__ = ["LabHost", "LabNode", "LabProcess"]
 #: Processes the lab itself puts on a node; they are never "the node's processes".
 _PLUMBING = frozenset({"nsenter", "unshare"})
 
+#: Seconds a killed command gets to exit before it is abandoned as stuck in the kernel.
+_KILL_GRACE = 2.0
+
 #: Spawned processes not yet reaped (a Popen dropped while its process runs would warn).
 _children: list[subprocess.Popen[bytes]] = []
 
@@ -367,23 +370,35 @@ class LabNode:
         data = input.encode() if isinstance(input, str) else input
         full = self.exec_argv(argv, cwd=cwd)
         environment = None if env is None else {**os.environ, **env}
-        with subprocess.Popen(
+        popen = subprocess.Popen(
             full,
             stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=environment,
             start_new_session=True,
-        ) as popen:
+        )
+        try:
+            out, err = popen.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            stuck = ""
             try:
-                out, err = popen.communicate(data, timeout=timeout)
-            except subprocess.TimeoutExpired as exc:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(popen.pid, signal.SIGKILL)
-                popen.communicate()
-                raise ProcessError(
-                    argv, None, reason=f"on node {self.name}: still running after {timeout:g} s"
-                ) from exc
+                popen.communicate(timeout=_KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                # Stuck in the kernel (I/O to hung storage): abandon it rather than hang too;
+                # it is reaped later, once its I/O ends.
+                for pipe in (popen.stdin, popen.stdout, popen.stderr):
+                    if pipe is not None:
+                        pipe.close()
+                _children.append(popen)
+                stuck = "; it ignores SIGKILL (stuck in the kernel) and was abandoned"
+            raise ProcessError(
+                argv,
+                None,
+                reason=f"on node {self.name}: still running after {timeout:g} s{stuck}",
+            ) from exc
         done = subprocess.CompletedProcess(
             list(argv), popen.returncode, out.decode(errors="replace"), err.decode(errors="replace")
         )
@@ -482,6 +497,15 @@ class LabNode:
     def thaw(self) -> None:
         """Let a hung node's processes run again."""
         self.lab._freeze(self.name, frozen=False)
+
+    def hang_storage(self) -> None:
+        """Freeze only the node's fenced storage path (nbdfuse, nbdkit): its I/O to the LUN
+        stops answering, as with a hung SAN, while the node itself runs on."""
+        self.lab._freeze_storage(self.name, frozen=True)
+
+    def thaw_storage(self) -> None:
+        """Let a hung storage path answer again."""
+        self.lab._freeze_storage(self.name, frozen=False)
 
     def attach_fenced_disk(self, *, timeout: float = 15.0) -> str:
         """Reach the LUN through the node's own iSCSI session and return the block device.

@@ -90,3 +90,19 @@ def test_mkfs_offers_ext4_multi_mount_protection_and_xfs(
     assert n1.run(["blkid", "-o", "value", "-s", "TYPE", n1.disk]).stdout.strip() == "xfs"
     with pytest.raises(LabError, match="ext4 feature"):
         n1.mkfs(fstype="xfs", mmp=True)
+
+
+def test_a_hung_storage_path_stops_io_but_not_the_node(
+    lifekit_lab_factory: Callable[..., Lab],
+) -> None:
+    lab = lifekit_lab_factory(nodes=("n1",), client=False, iscsi=True)
+    n1 = lab.node("n1")
+    disk = n1.attach_fenced_disk()
+    n1.hang_storage()
+    with pytest.raises(ProcessError, match="still running after"):
+        n1.run(
+            ["dd", f"if={disk}", "of=/dev/null", "bs=4096", "count=1", "iflag=direct"], timeout=1
+        )
+    assert n1.run(["echo", "responsive"]).stdout == "responsive\n"
+    n1.thaw_storage()
+    n1.run(["dd", f"if={disk}", "of=/dev/null", "bs=4096", "count=1", "iflag=direct"], timeout=10)
