@@ -15,7 +15,13 @@ from pathlib import Path
 import anyio
 
 from lifekit._cli import ExitCode
-from lifekit._runtime import EventsOverflowed, Node
+from lifekit._runtime import (
+    EventsOverflowed,
+    Node,
+    PowerControl,
+    RefusingPowerControl,
+    SystemPowerControl,
+)
 from lifekit._runtime._control import control_request, open_control_listener, serve_control
 from lifekit._runtime._logging import configure_logging
 from lifekit._runtime._tree import render_event, render_tree
@@ -77,6 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     kits=config.kits,
                     state_dir=node_settings.state_dir,
                     on_exit=on_exit,
+                    power=_power_control(node_settings.power),
                 ) as node,
                 anyio.create_task_group() as group,
             ):
@@ -140,3 +147,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lifekit._demo import run_demo  # noqa: PLC0415 - the demo is not needed elsewhere
 
     return anyio.run(run_demo, bool(getattr(args, "fast", False)))
+
+
+def _power_control(setting: str) -> PowerControl:
+    """The power seam a ``[node] power`` setting names."""
+    if setting == "system":
+        return SystemPowerControl()
+    if setting == "lab":
+        from lifekit.lab import LabPowerControl  # noqa: PLC0415 - only lab nodes load the lab
+
+        return LabPowerControl()
+    return RefusingPowerControl()

@@ -70,10 +70,14 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: Final = ("text", "json")
 #: Valid ``[node] on_exit`` values.
 ON_EXIT: Final = ("take_out", "leave_running")
+#: Valid ``[node] power`` values: who halts or reboots this node when lifekit must self-fence.
+POWER: Final = ("refuse", "system", "lab")
 
 #: What ``lifekit up`` does with its hierarchies when it stops: take them out of service,
 #: parents first (default), or leave them running for the next start to adopt.
 OnExit = Literal["take_out", "leave_running"]
+#: Who carries out a halt or reboot: nobody (log only), this machine, or the lab's controller.
+PowerSetting = Literal["refuse", "system", "lab"]
 #: How log records are written: human-readable lines or one JSON object per line.
 LogFormat = Literal["text", "json"]
 
@@ -118,6 +122,9 @@ class NodeSettings:
     :param log_level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
     :param log_format: ``text`` or ``json``.
     :param on_exit: what stopping the node does to its hierarchies.
+    :param power: who halts or reboots the node when it must self-fence: ``refuse`` (log
+        only; the default, safe on a shared test kernel), ``system`` (this machine, for real)
+        or ``lab`` (a lab node: its power loss, see :class:`lifekit.lab.LabPowerControl`).
     """
 
     name: str
@@ -127,6 +134,7 @@ class NodeSettings:
     log_level: str = "info"
     log_format: LogFormat = "text"
     on_exit: OnExit = "take_out"
+    power: PowerSetting = "refuse"
 
     @property
     def control_socket(self) -> Path:
@@ -241,7 +249,16 @@ def parse_config(
 # --- the file's shape --------------------------------------------------------------------------
 
 _TOP_KEYS = ("config_version", "node", "cluster", "defaults", "resources", "hierarchies")
-_NODE_KEYS = ("name", "state_dir", "run_dir", "log_file", "log_level", "log_format", "on_exit")
+_NODE_KEYS = (
+    "name",
+    "state_dir",
+    "run_dir",
+    "log_file",
+    "log_level",
+    "log_format",
+    "on_exit",
+    "power",
+)
 _CLUSTER_KEYS = ("nodes",)
 _POLICY_KEYS = ("quickcheck_interval", "timeouts", "local_recovery", "failover", "recovery_limit")
 _RESOURCE_KEYS = ("kind", "depends_on", "nodes", "params", *_POLICY_KEYS)
@@ -584,6 +601,7 @@ class _Reader:
             log_level=get("log_level", lambda v, p: self.choice(v, p, LOG_LEVELS), "info"),
             log_format=get("log_format", lambda v, p: self.choice(v, p, LOG_FORMATS), "text"),
             on_exit=get("on_exit", lambda v, p: self.choice(v, p, ON_EXIT), "take_out"),
+            power=get("power", lambda v, p: self.choice(v, p, POWER), "refuse"),
         )
 
     def read_cluster(

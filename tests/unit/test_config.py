@@ -103,6 +103,7 @@ log_file = "logs/n1.log"
 log_level = "debug"
 log_format = "json"
 on_exit = "leave_running"
+power = "lab"
 
 [cluster]
 nodes = ["n1", "n2", "n3"]
@@ -217,6 +218,7 @@ def test_good_file_builds_the_expected_model(tmp_path: Path) -> None:
     assert node.control_socket == Path("/tmp/lifekit-run") / CONTROL_SOCKET_NAME
     assert node.log_file == tmp_path / "logs" / "n1.log"
     assert (node.log_level, node.log_format, node.on_exit) == ("debug", "json", "leave_running")
+    assert node.power == "lab"
     assert config.resources["web"]["depends_on"] == ["db", "ip"]
     assert config.kits is KITS
 
@@ -232,6 +234,7 @@ def test_minimal_file_gets_every_default() -> None:
     assert config.node.log_file is None
     assert (config.node.log_level, config.node.log_format) == ("info", "text")
     assert config.node.on_exit == "take_out"
+    assert config.node.power == "refuse"
     assert config.cluster_nodes == (name,)
     assert config.model.hierarchies["a"].nodes == (name,)
     assert config.model.hierarchies["a"].switchback is SwitchbackType.INTELLIGENT
@@ -577,8 +580,8 @@ def test_dotted_tags_are_quoted_in_locations() -> None:
 
 def test_choices_suggest_the_closest() -> None:
     issues = _issues(
-        NODE + 'log_level = "warn"\non_exit = "leave"\n[resources.a]\nkind = "plain"\n'
-        '[hierarchies.a]\nswitchback = "auto"\n'
+        NODE + 'log_level = "warn"\non_exit = "leave"\npower = "systemd"\n'
+        '[resources.a]\nkind = "plain"\n[hierarchies.a]\nswitchback = "auto"\n'
     )
     assert [(issue.where, issue.value, issue.expected) for issue in issues] == [
         (
@@ -591,6 +594,11 @@ def test_choices_suggest_the_closest() -> None:
             "c.toml: node.on_exit",
             "leave",
             "did you mean 'leave_running'? expected one of 'take_out', 'leave_running'",
+        ),
+        (
+            "c.toml: node.power",
+            "systemd",
+            "did you mean 'system'? expected one of 'refuse', 'system', 'lab'",
         ),
         (
             "c.toml: hierarchies.a.switchback",
