@@ -9,6 +9,9 @@ nodes' fenced paths, network namespaces ``lklab-<name>-*``, and the directory it
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -20,20 +23,77 @@ from lifekit.lab import _state, _sys
 __all__: list[str] = []
 
 
+_LAB_ID = re.compile(r"lklab-[a-z0-9]+")
+
+
+def _lab_of(path: str) -> str | None:
+    """The lab id a path names (a lab directory, or a fenced path's file), if any."""
+    found = _LAB_ID.search(path)
+    return found.group(0) if found else None
+
+
 def loops_of(lab_id: str, directory: Path) -> list[str]:
-    """The loop devices of one lab."""
+    """The loop devices of one lab: on its LUN image, or on one of its nodes' fenced paths."""
     inside = f"{directory}/"
-    marker = f"/{lab_id}/"
     return sorted(
         device
         for device, backing in _sys.loop_devices().items()
-        if backing.startswith(inside) or marker in backing
+        if backing.startswith(inside) or _lab_of(backing) == lab_id
     )
 
 
 def netns_of(lab_id: str) -> list[str]:
     """The network namespaces of one lab."""
     return [name for name in _sys.netns_list() if name.startswith(f"{lab_id}-")]
+
+
+def _quiesce(cgroup: Path, lab_id: str, loops: list[str]) -> set[int]:
+    """Make the lab's processes safe to kill; return the FUSE connections of its fenced paths.
+
+    A filesystem on a fenced path is served by the node's own nbdfuse: if nbdfuse were the
+    last process of the node's mount namespace, its exit would unmount that filesystem, whose
+    final flush would wait for nbdfuse itself, forever. So every frozen process is thawed
+    (nothing may wait on a frozen storage path) and every filesystem on the lab's storage is
+    shut down first: a shut-down filesystem unmounts without any I/O.
+    """
+    for directory, _subdirs, _files in os.walk(cgroup):
+        with contextlib.suppress(OSError):
+            _sys.cgroup_freeze(Path(directory), False)
+    numbers = set()
+    for device in loops:
+        with contextlib.suppress(FileNotFoundError):
+            numbers.add(os.stat(device).st_rdev)
+    fuse: set[int] = set()
+    seen: set[str] = set()
+    for pid in _sys.cgroup_all_procs(cgroup):
+        namespace = _sys.mount_namespace(pid)
+        if namespace is None or namespace in seen:
+            continue
+        seen.add(namespace)
+        for number, mount_point, fstype in _sys.mounts_of(pid):
+            if number in numbers:
+                with contextlib.suppress(OSError):
+                    _sys.shutdown_filesystem(f"/proc/{pid}/root{mount_point}")
+            elif fstype.startswith("fuse") and lab_id in mount_point:
+                fuse.add(os.minor(number))
+    return fuse
+
+
+def _abort_fuse(connections: set[int], scratch: Path) -> None:
+    """Abort FUSE connections (their pending requests fail at once), via a private fusectl."""
+    if not connections:
+        return
+    scratch.mkdir(parents=True, exist_ok=True)
+    if _sys.run(["mount", "-t", "fusectl", "fusectl", str(scratch)], check=False).returncode:
+        return
+    try:
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                (scratch / str(connection) / "abort").write_text("1")
+    finally:
+        _sys.run(["umount", str(scratch)], check=False)
+        with contextlib.suppress(OSError):
+            scratch.rmdir()
 
 
 def teardown(lab_id: str, directory: Path, *, keep_directory: bool = False) -> None:
@@ -43,12 +103,20 @@ def teardown(lab_id: str, directory: Path, *, keep_directory: bool = False) -> N
         cgroup: Path | None = _sys.cgroup2_root() / lab_id
     except LabError:
         cgroup = None
+    # Found while the nodes live: a fenced path's loop shows the lab's path only until then.
+    loops = loops_of(lab_id, directory)
     if cgroup is not None:
+        fuse = _quiesce(cgroup, lab_id, loops) if cgroup.is_dir() else set()
         try:
-            _sys.cgroup_kill(cgroup)
-        except LabError as exc:
-            errors.append(str(exc))
-    for device in loops_of(lab_id, directory):
+            _sys.cgroup_kill(cgroup, timeout=5.0)
+        except LabError:
+            # Something still waits on a fenced path: fail its requests, then kill again.
+            _abort_fuse(fuse, Path(f"/run/{lab_id}-fusectl"))
+            try:
+                _sys.cgroup_kill(cgroup)
+            except LabError as exc:
+                errors.append(str(exc))
+    for device in sorted(set(loops) | set(loops_of(lab_id, directory))):
         # A node's mount namespace is released just after its last process; give the kernel a
         # moment so the detach is immediate rather than deferred to the last close.
         _sys.wait_unused(device, timeout=2.0)
@@ -97,10 +165,9 @@ def leftovers(lab_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
                     add(entry.name, f"process {pid} {' '.join(_sys.cmdline(pid))[:80]}")
     base = _state.base_dir()
     for device, backing in _sys.loop_devices().items():
-        for part in Path(backing).parts:
-            if part.startswith(_state.PREFIX):
-                add(part, f"loop {device} -> {backing}")
-                break
+        owner = _lab_of(backing)
+        if owner is not None:
+            add(owner, f"loop {device} -> {backing}")
     if base.is_dir():
         for entry in base.glob(f"{_state.PREFIX}*"):
             add(entry.name, f"directory {entry}")

@@ -730,7 +730,9 @@ class Lab:
             node.init_pid()
             # The lab's id in the path lets `lifekit lab clean` find the loop device.
             directory = Path("/run/lifekit-lab") / self.id
-            fuse_file = directory / "fuse" / "lun"
+            # The file's own name carries the lab's id too: once the node's mount namespace is
+            # gone, the loop device shows only the path inside the FUSE mount.
+            fuse_file = directory / "fuse" / f"{self.id}-{name}.lun"
             pidfile = directory / "nbdfuse.pid"
             node.run(["mkdir", "-p", str(fuse_file.parent)])
             process = node.spawn(

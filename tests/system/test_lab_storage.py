@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
 
 from lifekit.errors import LabError, ProcessError
-from lifekit.lab import Lab, _sys
+from lifekit.lab import Lab, _sys, leftovers
 
 pytestmark = pytest.mark.root
 
@@ -106,3 +107,23 @@ def test_a_hung_storage_path_stops_io_but_not_the_node(
     assert n1.run(["echo", "responsive"]).stdout == "responsive\n"
     n1.thaw_storage()
     n1.run(["dd", f"if={disk}", "of=/dev/null", "bs=4096", "count=1", "iflag=direct"], timeout=10)
+
+
+def test_down_with_a_mounted_fenced_path_on_hung_storage_leaves_nothing(
+    lifekit_lab_factory: Callable[..., Lab],
+) -> None:
+    # nbdfuse serves the filesystem mounted on its own node: killed carelessly, the last of
+    # the node's processes would unmount it and wait forever for its own flush.
+    lab = lifekit_lab_factory(nodes=("n1",), client=False, iscsi=True)
+    n1 = lab.node("n1")
+    disk = n1.mkfs(n1.attach_fenced_disk())
+    n1.run(["mkdir", "-p", "/run/lun"])
+    n1.run(["mount", disk, "/run/lun"])
+    n1.run(["sh", "-c", "echo dirty > /run/lun/f"])
+    n1.hang_storage()
+    started = time.monotonic()
+    lab.down()
+    assert time.monotonic() - started < 15
+    assert leftovers([lab.id]) == {}
+    assert disk not in _sys.loop_devices()
+    assert not any(lab.id in backing for backing in _sys.loop_devices().values())
