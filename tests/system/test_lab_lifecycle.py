@@ -30,6 +30,9 @@ def owner_script(name: str, ending: str) -> str:
         import faulthandler, os, signal, sys, time
         from lifekit.lab import Lab, LabSpec
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # As in a terminal: a shell running the suite in the background ignores SIGINT, and
+        # Python would keep ignoring it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         spec = LabSpec(nodes=("n1", "n2"), networks=("public",), client=False, lun_size=8 << 20,
                        iscsi=True)
         with Lab(spec, name={name!r}) as lab:
