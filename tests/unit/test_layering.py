@@ -29,13 +29,23 @@ FORBIDDEN = frozenset(
 )
 
 #: The lifekit modules that are pure themselves, and so may be imported by the pure core.
-PURE_LIFEKIT = ("lifekit._model", "lifekit._engine", "lifekit._schema", "lifekit.errors")
+PURE_LIFEKIT = (
+    *("lifekit._model", "lifekit._engine", "lifekit._schema", "lifekit.errors"),
+    "lifekit._cluster._wire",
+    *(f"lifekit._cluster.{name}" for name in ("_config", "_engine", "_membership")),
+    *(f"lifekit._cluster.{name}" for name in ("_messages", "_placement", "_quorum")),
+)
+
+#: The cluster's pure safety core (membership, quorum, placement, the per-node engine).
+PURE_CLUSTER = ("__init__", "_config", "_engine", "_membership", "_messages", "_placement")
 
 
 def pure_files() -> list[Path]:
     """The files that make up the pure core."""
     files = sorted((PACKAGE / "_engine").glob("*.py"))
     files += [PACKAGE / "_model.py", PACKAGE / "_schema.py", PACKAGE / "errors.py"]
+    files += [PACKAGE / "_cluster" / "_wire.py"]
+    files += [PACKAGE / "_cluster" / f"{name}.py" for name in (*PURE_CLUSTER, "_quorum")]
     return files
 
 
@@ -92,6 +102,8 @@ def test_the_pure_files_are_the_expected_ones() -> None:
     names = {module_name(path) for path in pure_files()}
     assert {"lifekit._engine", "lifekit._engine._engine", "lifekit._engine._messages"} <= names
     assert {"lifekit._model", "lifekit._schema", "lifekit.errors"} <= names
+    assert "lifekit._cluster._wire" in names
+    assert {"lifekit._cluster._engine", "lifekit._cluster._quorum"} <= names
 
 
 @pytest.mark.parametrize(
