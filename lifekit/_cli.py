@@ -150,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_plugin_option(kits)
 
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a new cluster key file (mode 0600), or print a key line for rotation",
+        description="Write a new cluster key file holding one random 256-bit key, atomically "
+        "and with mode 0600; copy it to every node, keeping its mode. With --print, print one "
+        "new `<key-id> <key>` line instead, for a rotation: add it as a second line on every "
+        "node, then move it first, then remove the old line.",
+    )
+    keygen.add_argument("path", nargs="?", metavar="PATH", help="the key file to create")
+    keygen.add_argument("--print", action="store_true", dest="print_line", help="print a line")
+    keygen.add_argument("--key-id", metavar="ID", help="the key's id (default: random)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing file")
+
     # Everything after `lab` goes, untouched, to lifekit.lab._cli (its own parser and help):
     # importing the lab costs more than the rest of the CLI, so only `lifekit lab` pays it.
     # The NUL prefix makes this parser take `--help`, `--json`... as plain arguments.
@@ -301,6 +314,20 @@ def _dispatch(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from lifekit._cluster._keys import generate_key_file, new_key_line  # noqa: PLC0415
+
+    if args.print_line:
+        print(new_key_line(key_id=args.key_id))
+        return ExitCode.OK
+    if not args.path:
+        print("lifekit keygen: give the key file's PATH, or --print for a line", file=sys.stderr)
+        return ExitCode.USAGE
+    generate_key_file(args.path, key_id=args.key_id, overwrite=args.force)
+    print(f"wrote {args.path} (mode 0600): copy it to every node, keeping its mode")
+    return ExitCode.OK
+
+
 def _cmd_lab(args: argparse.Namespace) -> int:
     lab_cli = importlib.import_module("lifekit.lab._cli")  # only now: see build_parser
     code: int = lab_cli.main(args.lab_args)
@@ -310,6 +337,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": _cmd_check,
     "kits": _cmd_kits,
+    "keygen": _cmd_keygen,
     "up": _dispatch("up"),
     "status": _dispatch("status"),
     "demo": _dispatch("demo"),
