@@ -59,24 +59,13 @@ def _quiesce(cgroup: Path, lab_id: str, loops: list[str]) -> set[int]:
     for directory, _subdirs, _files in os.walk(cgroup):
         with contextlib.suppress(OSError):
             _sys.cgroup_freeze(Path(directory), False)
-    numbers = set()
-    for device in loops:
-        with contextlib.suppress(FileNotFoundError):
-            numbers.add(os.stat(device).st_rdev)
-    fuse: set[int] = set()
-    seen: set[str] = set()
-    for pid in _sys.cgroup_all_procs(cgroup):
-        namespace = _sys.mount_namespace(pid)
-        if namespace is None or namespace in seen:
-            continue
-        seen.add(namespace)
-        for number, mount_point, fstype in _sys.mounts_of(pid):
-            if number in numbers:
-                with contextlib.suppress(OSError):
-                    _sys.shutdown_filesystem(f"/proc/{pid}/root{mount_point}")
-            elif fstype.startswith("fuse") and lab_id in mount_point:
-                fuse.add(os.minor(number))
-    return fuse
+    mounts = list(_sys.namespace_mounts(_sys.cgroup_all_procs(cgroup)))
+    _sys.shutdown_mounts(mounts, _sys.device_numbers(loops))  # a refusal cannot stop teardown
+    return {
+        os.minor(number)
+        for _pid, number, mount_point, fstype in mounts
+        if fstype.startswith("fuse") and lab_id in mount_point
+    }
 
 
 def _abort_fuse(connections: set[int], scratch: Path) -> None:

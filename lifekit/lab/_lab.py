@@ -337,7 +337,7 @@ class Lab:
         inits = [self._start_init(node, state) for node in nodes]
         deadline = time.monotonic() + _BOOT_TIMEOUT
         for node, popen in zip(nodes, inits, strict=True):
-            self._await_ready(node, popen, deadline)
+            self._await_line(f"node {node.name}", popen, deadline, log=node.directory / "init.log")
             init = int(Path(f"/proc/{popen.pid}/task/{popen.pid}/children").read_text().split()[0])
             entry = state["nodes"][node.name]
             entry.update(power="on", init=[init, _sys.start_time(init)], frozen=False)
@@ -387,9 +387,6 @@ class Lab:
         _children.append(popen)
         return popen
 
-    def _await_ready(self, node: LabNode, popen: subprocess.Popen[bytes], deadline: float) -> None:
-        self._await_line(f"node {node.name}", popen, deadline, log=node.directory / "init.log")
-
     def _await_line(
         self, what: str, popen: subprocess.Popen[bytes], deadline: float, *, log: Path
     ) -> None:
@@ -411,40 +408,15 @@ class Lab:
 
     # --- power -------------------------------------------------------------------------------
 
-    def _shared_devices(self, entry: dict[str, Any]) -> set[int]:
-        """Device numbers of every loop device on the LUN, and of the node's fenced path."""
-        devices = {entry.get("fenced")} | {
-            device
-            for device, backing in _sys.loop_devices().items()
-            if backing == str(self.lun_image)
-        }
-        numbers = set()
-        for device in devices:
-            if device:
-                with contextlib.suppress(FileNotFoundError):
-                    numbers.add(os.stat(device).st_rdev)
-        return numbers
-
     def _crash_filesystems(self, node: LabNode, entry: dict[str, Any]) -> list[str]:
-        """Shut down, without a log flush, every shared-storage filesystem any process of the
-        node has mounted (in any of its mount namespaces); return the ones that refused."""
-        numbers = self._shared_devices(entry)
-        failed = []
-        seen_namespaces: set[str] = set()
-        done: set[int] = set()
-        for pid in _sys.cgroup_all_procs(node.cgroup):
-            namespace = _sys.mount_namespace(pid)
-            if namespace is None or namespace in seen_namespaces:
-                continue
-            seen_namespaces.add(namespace)
-            for number, mount_point, fstype in _sys.mounts_of(pid):
-                if number in numbers and number not in done:
-                    done.add(number)
-                    try:
-                        _sys.shutdown_filesystem(f"/proc/{pid}/root{mount_point}")
-                    except OSError as exc:
-                        failed.append(f"{mount_point} ({fstype}): {exc.strerror or exc}")
-        return failed
+        """Shut down, without a log flush, every filesystem on the LUN (any path to it) or on
+        the node's fenced path that any process of the node has mounted, in any of its mount
+        namespaces; return the ones that refused."""
+        lun = str(self.lun_image)
+        devices = [device for device, backing in _sys.loop_devices().items() if backing == lun]
+        numbers = _sys.device_numbers([*devices, entry.get("fenced")])
+        mounts = _sys.namespace_mounts(_sys.cgroup_all_procs(node.cgroup))
+        return _sys.shutdown_mounts(mounts, numbers)
 
     def _power_loss(self, name: str) -> None:
         node = self.node(name)

@@ -17,7 +17,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from lifekit.errors import LabError, ProcessError
@@ -348,3 +348,41 @@ def mounts_of(pid: int) -> Iterator[tuple[int, str, str]]:
         separator = fields.index("-")
         mount_point = _unescape(fields[4])
         yield os.makedev(major, minor), mount_point, fields[separator + 1]
+
+
+def device_numbers(devices: Iterable[str | None]) -> set[int]:
+    """The device numbers of the block devices that exist among ``devices``."""
+    numbers = set()
+    for device in devices:
+        if device:
+            with contextlib.suppress(FileNotFoundError):
+                numbers.add(os.stat(device).st_rdev)
+    return numbers
+
+
+def namespace_mounts(pids: Iterable[int]) -> Iterator[tuple[int, int, str, str]]:
+    """``(pid, device number, mount point, fstype)`` of every mount the processes see, reading
+    each mount namespace once (through one of its processes)."""
+    seen: set[str] = set()
+    for pid in pids:
+        namespace = mount_namespace(pid)
+        if namespace is None or namespace in seen:
+            continue
+        seen.add(namespace)
+        for number, mount_point, fstype in mounts_of(pid):
+            yield pid, number, mount_point, fstype
+
+
+def shutdown_mounts(mounts: Iterable[tuple[int, int, str, str]], numbers: set[int]) -> list[str]:
+    """Shut down, without a log flush, each filesystem on one of the devices ``numbers`` once;
+    return the ones that refused, named with the reason."""
+    failed = []
+    done: set[int] = set()
+    for pid, number, mount_point, fstype in mounts:
+        if number in numbers and number not in done:
+            done.add(number)
+            try:
+                shutdown_filesystem(f"/proc/{pid}/root{mount_point}")
+            except OSError as exc:
+                failed.append(f"{mount_point} ({fstype}): {exc.strerror or exc}")
+    return failed
